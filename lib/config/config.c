@@ -1,0 +1,1910 @@
+/* config.c: the gateway configuration: defaults, addresses, the YAML loader, validation with
+ * file:line errors, and freeing. */
+#include "config/config.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <yaml.h>
+
+/* Key paths and quoted values in messages are cut to fit their buffers on purpose. */
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+#endif
+
+/* Limits of the configuration (documented in docs/configuration.md). */
+#define MAX_ERRORS 50
+#define MAX_WORKERS 256
+#define MAX_KEEPALIVE 10000
+#define MAX_WEIGHT 10000
+#define MAX_MS (24ull * 3600 * 1000) /* every duration: at most 24h */
+#define MAX_BODY (1ull << 50)        /* limits.max_body and routes' max_body */
+#define MAX_CONNECTIONS 10000000     /* limits.max_connections */
+#define MAX_FILE (8u << 20)          /* a configuration file: 8 MiB */
+#define MAX_DEPTH 64                 /* YAML nesting */
+#define MAX_NODES 1000000            /* YAML nodes */
+
+enum unit { UNIT_NUM, UNIT_MS, UNIT_BYTES };
+
+/* One error: its line (0: none) and message without the "file:line: " part. */
+struct diag_err {
+    int line;
+    size_t seq;
+    char *msg;
+};
+
+/* Where a field of the tree was written (by address), and whether the loader already reported
+ * it malformed (then validation does not report it again). */
+struct diag_where {
+    const void *addr;
+    int line;
+    bool reported;
+};
+
+/* The errors of one load or validation. */
+struct diag {
+    const char *file;
+    struct diag_err *v;
+    size_t n, cap, dropped;
+    bool oom;
+    struct diag_where *w;
+    size_t nw, capw;
+    bool w_sorted;
+};
+
+/* ---- Diagnostics ------------------------------------------------------------------------- */
+
+static void diag_init(struct diag *d, const char *file)
+{
+    memset(d, 0, sizeof(*d));
+    d->file = file ? file : "config";
+}
+
+__attribute__((format(printf, 3, 4))) static void diag_add(struct diag *d, int line,
+                                                           const char *fmt, ...)
+{
+    va_list ap;
+    char *msg = NULL;
+
+    if (d->n >= MAX_ERRORS) {
+        d->dropped++;
+        return;
+    }
+    if (d->n == d->cap) {
+        size_t ncap = d->cap ? d->cap * 2 : 8;
+        struct diag_err *nv = realloc(d->v, ncap * sizeof(*nv));
+        if (!nv) {
+            d->oom = true;
+            return;
+        }
+        d->v = nv;
+        d->cap = ncap;
+    }
+    va_start(ap, fmt);
+    int r = vasprintf(&msg, fmt, ap);
+    va_end(ap);
+    if (r < 0) {
+        d->oom = true;
+        return;
+    }
+    d->v[d->n].line = line;
+    d->v[d->n].seq = d->n;
+    d->v[d->n].msg = msg;
+    d->n++;
+}
+
+static int where_cmp(const void *a, const void *b)
+{
+    const struct diag_where *x = a, *y = b;
+    if (x->addr != y->addr)
+        return (uintptr_t)x->addr < (uintptr_t)y->addr ? -1 : 1;
+    return 0;
+}
+
+static void diag_where(struct diag *d, const void *addr, int line, bool reported)
+{
+    if (d->nw == d->capw) {
+        size_t ncap = d->capw ? d->capw * 2 : 64;
+        struct diag_where *nw = realloc(d->w, ncap * sizeof(*nw));
+        if (!nw) {
+            d->oom = true;
+            return;
+        }
+        d->w = nw;
+        d->capw = ncap;
+    }
+    d->w[d->nw++] = (struct diag_where){addr, line, reported};
+    d->w_sorted = false;
+}
+
+static const struct diag_where *where_find(struct diag *d, const void *addr)
+{
+    if (d->nw == 0)
+        return NULL;
+    if (!d->w_sorted) {
+        qsort(d->w, d->nw, sizeof(*d->w), where_cmp);
+        d->w_sorted = true;
+    }
+    struct diag_where key = {addr, 0, false};
+    return bsearch(&key, d->w, d->nw, sizeof(*d->w), where_cmp);
+}
+
+/* The line where the field at addr was written, or fallback. */
+static int line_of(struct diag *d, const void *addr, int fallback)
+{
+    const struct diag_where *w = where_find(d, addr);
+    return w && w->line > 0 ? w->line : fallback;
+}
+
+/* True when the loader already reported the field at addr as malformed. */
+static bool reported(struct diag *d, const void *addr)
+{
+    const struct diag_where *w = where_find(d, addr);
+    return w && w->reported;
+}
+
+static int err_cmp(const void *a, const void *b)
+{
+    const struct diag_err *x = a, *y = b;
+    if (x->line != y->line)
+        return x->line < y->line ? -1 : 1;
+    return x->seq < y->seq ? -1 : (x->seq > y->seq);
+}
+
+static int diag_finish(struct diag *d, struct polis_config_errors *errs)
+{
+    int rc = 0;
+
+    if (d->n)
+        qsort(d->v, d->n, sizeof(*d->v), err_cmp);
+    if (errs) {
+        size_t total = d->n + (d->dropped ? 1 : 0);
+        errs->msgs = total ? calloc(total, sizeof(char *)) : NULL;
+        errs->count = 0;
+        if (total && !errs->msgs)
+            rc = POLIS_ENOMEM;
+        for (size_t i = 0; errs->msgs && i < d->n; i++) {
+            char *m = NULL;
+            int r = d->v[i].line > 0 ? asprintf(&m, "%s:%d: %s", d->file, d->v[i].line, d->v[i].msg)
+                                     : asprintf(&m, "%s: %s", d->file, d->v[i].msg);
+            if (r < 0) {
+                rc = POLIS_ENOMEM;
+                continue;
+            }
+            errs->msgs[errs->count++] = m;
+        }
+        if (errs->msgs && d->dropped) {
+            char *m = NULL;
+            if (asprintf(&m, "%s: %zu more errors not shown; expected at most %d errors", d->file,
+                         d->dropped, MAX_ERRORS) >= 0)
+                errs->msgs[errs->count++] = m;
+        }
+    }
+    for (size_t i = 0; i < d->n; i++)
+        free(d->v[i].msg);
+    free(d->v);
+    free(d->w);
+    if (d->oom)
+        rc = POLIS_ENOMEM;
+    memset(d, 0, sizeof(*d));
+    return rc;
+}
+
+void polis__config_errors_free(struct polis_config_errors *e)
+{
+    if (!e)
+        return;
+    for (size_t i = 0; i < e->count; i++)
+        free(e->msgs[i]);
+    free(e->msgs);
+    e->msgs = NULL;
+    e->count = 0;
+}
+
+/* ---- Text helpers ------------------------------------------------------------------------ */
+
+static void diag_quote(const char *s, size_t len, char *out, size_t cap)
+{
+    size_t o = 0;
+
+    if (cap < 8) {
+        if (cap)
+            out[0] = 0;
+        return;
+    }
+    out[o++] = '\'';
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (o + 8 >= cap) {
+            memcpy(out + o, "...", 3);
+            o += 3;
+            break;
+        }
+        if (c < 0x20 || c == 0x7f || c == '\\') {
+            int n = snprintf(out + o, cap - o, c == '\\' ? "\\\\" : "\\x%02x", c);
+            o += (size_t)n;
+        } else {
+            out[o++] = (char)c;
+        }
+    }
+    out[o++] = '\'';
+    out[o] = 0;
+}
+
+static void diag_ms(uint64_t ms, char *out, size_t cap)
+{
+    if (ms == 0)
+        snprintf(out, cap, "0");
+    else if (ms % 3600000 == 0)
+        snprintf(out, cap, "%lluh", (unsigned long long)(ms / 3600000));
+    else if (ms != 0 && ms % 60000 == 0)
+        snprintf(out, cap, "%llum", (unsigned long long)(ms / 60000));
+    else if (ms != 0 && ms % 1000 == 0)
+        snprintf(out, cap, "%llus", (unsigned long long)(ms / 1000));
+    else
+        snprintf(out, cap, "%llums", (unsigned long long)ms);
+}
+
+static void diag_size(uint64_t v, char *out, size_t cap)
+{
+    static const char *const units[] = {"TiB", "GiB", "MiB", "KiB"};
+    for (int i = 0; i < 4; i++) {
+        uint64_t m = 1ull << (10 * (4 - i));
+        if (v != 0 && v % m == 0) {
+            snprintf(out, cap, "%llu%s", (unsigned long long)(v / m), units[i]);
+            return;
+        }
+    }
+    snprintf(out, cap, "%lluB", (unsigned long long)v);
+}
+
+/* ---- Rules shared by the loader and validation ------------------------------------------- */
+
+static bool is_tchar(unsigned char c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'))
+        return true;
+    return c && strchr("!#$%&'*+-.^_`|~", c) != NULL;
+}
+
+static bool cfg_is_token(const char *s)
+{
+    if (!s || !*s)
+        return false;
+    for (; *s; s++) {
+        if (!is_tchar((unsigned char)*s))
+            return false;
+    }
+    return true;
+}
+
+static bool cfg_is_name(const char *s)
+{
+    if (!s || !*s)
+        return false;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '-'))
+            return false;
+    }
+    return true;
+}
+
+/* A header value: no CR, LF or NUL (the strings are C strings, so NUL cannot be inside). */
+static bool is_header_value(const char *s)
+{
+    return s && strpbrk(s, "\r\n") == NULL;
+}
+
+/* "api.example.com" or "*.example.com": labels of [A-Za-z0-9-_], dot separated. */
+static bool is_host(const char *s)
+{
+    if (!s || !*s)
+        return false;
+    if (s[0] == '*') {
+        if (s[1] != '.')
+            return false;
+        s += 2;
+    }
+    size_t label = 0;
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '.') {
+            if (label == 0)
+                return false;
+            label = 0;
+        } else if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                   c == '-' || c == '_') {
+            label++;
+        } else {
+            return false;
+        }
+    }
+    return label > 0;
+}
+
+/* Check a path (exact, prefix, pattern or rewrite). Returns NULL when fine, else what is wrong. */
+static const char *path_problem(const char *p, bool pattern)
+{
+    if (!p || p[0] != '/')
+        return "does not start with '/'";
+    for (const char *c = p; *c; c++) {
+        unsigned char u = (unsigned char)*c;
+        if (u <= 0x20 || u == 0x7f)
+            return "holds a space or control character";
+        if (u == '?' || u == '#')
+            return "holds '?' or '#'";
+        if (!pattern && (u == '{' || u == '}'))
+            return "holds '{' or '}' (only path: may hold {name} parameters)";
+    }
+    if (!pattern)
+        return NULL;
+    /* Every segment with a brace must be exactly "{name}", names unique. */
+    const char *seg = p + 1;
+    char names[32][64];
+    size_t nnames = 0;
+    for (;;) {
+        const char *end = strchr(seg, '/');
+        size_t len = end ? (size_t)(end - seg) : strlen(seg);
+        bool brace = memchr(seg, '{', len) || memchr(seg, '}', len);
+        if (brace) {
+            if (len < 3 || seg[0] != '{' || seg[len - 1] != '}')
+                return "has a {name} that is not a whole segment";
+            for (size_t i = 1; i + 1 < len; i++) {
+                unsigned char c = (unsigned char)seg[i];
+                if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                      c == '_'))
+                    return "has a parameter name outside [A-Za-z0-9_]";
+            }
+            if (len - 2 >= sizeof(names[0]))
+                return "has a parameter name longer than 63 characters";
+            for (size_t i = 0; i < nnames; i++) {
+                if (strlen(names[i]) == len - 2 && memcmp(names[i], seg + 1, len - 2) == 0)
+                    return "uses a parameter name twice";
+            }
+            if (nnames == sizeof(names) / sizeof(names[0]))
+                return "has more than 32 parameters";
+            memcpy(names[nnames], seg + 1, len - 2);
+            names[nnames][len - 2] = 0;
+            nnames++;
+        }
+        if (!end)
+            break;
+        seg = end + 1;
+    }
+    return NULL;
+}
+
+/* ---- Defaults and freeing ---------------------------------------------------------------- */
+
+static void addr_ipv4(struct polis_addr *a, const char *ip, uint16_t port)
+{
+    struct sockaddr_in *sin = (struct sockaddr_in *)&a->ss;
+    memset(a, 0, sizeof(*a));
+    sin->sin_family = AF_INET;
+    sin->sin_port = htons(port);
+    inet_pton(AF_INET, ip, &sin->sin_addr);
+    a->len = sizeof(*sin);
+    snprintf(a->text, sizeof(a->text), "%s:%u", ip, (unsigned)port);
+}
+
+void polis__config_defaults(struct polis_config *cfg)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->workers = 0;
+    cfg->has_admin = true;
+    addr_ipv4(&cfg->admin, "127.0.0.1", 9901);
+    cfg->limits.max_request_line = 8 * 1024;
+    cfg->limits.max_header_bytes = 32 * 1024;
+    cfg->limits.max_headers = 100;
+    cfg->limits.max_body = 64ull * 1024 * 1024;
+    cfg->limits.max_connections = 100000;
+    cfg->timeouts.header_read_ms = 10000;
+    cfg->timeouts.body_read_ms = 30000;
+    cfg->timeouts.idle_ms = 60000;
+    cfg->timeouts.request_ms = 0;
+    cfg->timeouts.drain_ms = 30000;
+}
+
+static void cluster_defaults(struct polis_cluster_cfg *c)
+{
+    memset(c, 0, sizeof(*c));
+    c->lb = POLIS_LB_ROUND_ROBIN;
+    c->hash_on = POLIS_HASH_CLIENT_IP;
+    c->keepalive = 64;
+    c->connect_timeout_ms = 2000;
+    c->timeout_ms = 30000;
+}
+
+static void header_ops_free(struct polis_header_ops *o)
+{
+    for (size_t i = 0; o->add && i < o->num_add; i++) {
+        free(o->add[i].name);
+        free(o->add[i].value);
+    }
+    free(o->add);
+    for (size_t i = 0; o->remove && i < o->num_remove; i++)
+        free(o->remove[i]);
+    free(o->remove);
+    memset(o, 0, sizeof(*o));
+}
+
+void polis__config_free(struct polis_config *cfg)
+{
+    if (!cfg)
+        return;
+    free(cfg->source);
+    free(cfg->access_log);
+    for (size_t i = 0; cfg->clusters && i < cfg->num_clusters; i++) {
+        struct polis_cluster_cfg *c = &cfg->clusters[i];
+        free(c->name);
+        free(c->hash_key);
+        free(c->instances);
+    }
+    free(cfg->clusters);
+    for (size_t i = 0; cfg->routes && i < cfg->num_routes; i++) {
+        struct polis_route_cfg *r = &cfg->routes[i];
+        free(r->name);
+        free(r->host);
+        free(r->path);
+        for (size_t j = 0; r->methods && j < r->num_methods; j++)
+            free(r->methods[j]);
+        free(r->methods);
+        for (size_t j = 0; r->headers && j < r->num_headers; j++) {
+            free(r->headers[j].name);
+            free(r->headers[j].value);
+        }
+        free(r->headers);
+        free(r->cluster);
+        free(r->rewrite);
+        header_ops_free(&r->request_headers);
+        header_ops_free(&r->response_headers);
+    }
+    free(cfg->routes);
+    free(cfg);
+}
+
+/* ---- Addresses --------------------------------------------------------------------------- */
+
+static int addr_fill(struct polis_addr *out, const struct sockaddr *sa, socklen_t len)
+{
+    char ip[INET6_ADDRSTRLEN];
+    unsigned port;
+
+    memset(out, 0, sizeof(*out));
+    if (len > sizeof(out->ss))
+        return POLIS_EINVAL;
+    memcpy(&out->ss, sa, len);
+    out->len = len;
+    if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *sin = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &sin->sin_addr, ip, sizeof(ip));
+        port = ntohs(sin->sin_port);
+        snprintf(out->text, sizeof(out->text), "%s:%u", ip, port);
+    } else if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *sin6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &sin6->sin6_addr, ip, sizeof(ip));
+        port = ntohs(sin6->sin6_port);
+        snprintf(out->text, sizeof(out->text), "[%s]:%u", ip, port);
+    } else {
+        return POLIS_EINVAL;
+    }
+    return 0;
+}
+
+int polis__addr_parse(const char *s, struct polis_addr *out)
+{
+    char host[256];
+    const char *port;
+    size_t hlen;
+    bool v6 = false;
+
+    if (!s || !out)
+        return POLIS_EINVAL;
+    if (s[0] == '[') {
+        const char *close = strchr(s, ']');
+        if (!close || close[1] != ':')
+            return POLIS_EINVAL;
+        hlen = (size_t)(close - s - 1);
+        memcpy(host, s + 1, hlen < sizeof(host) ? hlen : 0);
+        port = close + 2;
+        v6 = true;
+        if (hlen == 0 || hlen >= sizeof(host))
+            return POLIS_EINVAL;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon)
+            return POLIS_EINVAL;
+        hlen = (size_t)(colon - s);
+        if (hlen >= sizeof(host) || memchr(s, ':', hlen))
+            return POLIS_EINVAL; /* an IPv6 address needs brackets */
+        memcpy(host, s, hlen);
+        port = colon + 1;
+    }
+    host[hlen] = 0;
+    /* The port: 1 to 5 digits, 0..65535. */
+    size_t plen = strlen(port);
+    if (plen == 0 || plen > 5 || strspn(port, "0123456789") != plen)
+        return POLIS_EINVAL;
+    unsigned long pnum = strtoul(port, NULL, 10);
+    if (pnum > 65535)
+        return POLIS_EINVAL;
+    if (hlen == 0) {
+        addr_ipv4(out, "0.0.0.0", (uint16_t)pnum);
+        return 0;
+    }
+    for (size_t i = 0; i < hlen; i++) {
+        unsigned char c = (unsigned char)host[i];
+        if (c <= 0x20 || c >= 0x7f || c == '/' || c == '[' || c == ']')
+            return POLIS_EINVAL;
+    }
+    /* Numeric first (no resolver), then a name, resolved once: the first result wins. */
+    struct addrinfo hints = {0}, *res = NULL;
+    char pbuf[8];
+    snprintf(pbuf, sizeof(pbuf), "%lu", pnum);
+    hints.ai_family = v6 ? AF_INET6 : AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV | AI_NUMERICHOST;
+    int r = getaddrinfo(host, pbuf, &hints, &res);
+    if (r != 0 && !v6) {
+        hints.ai_flags = AI_NUMERICSERV;
+        r = getaddrinfo(host, pbuf, &hints, &res);
+    }
+    if (r != 0 || !res)
+        return POLIS_EINVAL;
+    r = addr_fill(out, res->ai_addr, res->ai_addrlen);
+    freeaddrinfo(res);
+    return r;
+}
+
+/* ---- Validation -------------------------------------------------------------------------- */
+
+/* Report v outside [min, max]; found is the value as written, or NULL to print v. */
+static bool cfg_range(struct diag *d, int line, const char *path, const char *found, uint64_t v,
+                      uint64_t min, uint64_t max, enum unit unit)
+{
+    char fbuf[80], lo[32], hi[32];
+
+    if (v >= min && v <= max)
+        return true;
+    switch (unit) {
+    case UNIT_MS:
+        diag_ms(v, fbuf, sizeof(fbuf));
+        diag_ms(min, lo, sizeof(lo));
+        diag_ms(max, hi, sizeof(hi));
+        break;
+    case UNIT_BYTES:
+        diag_size(v, fbuf, sizeof(fbuf));
+        diag_size(min, lo, sizeof(lo));
+        diag_size(max, hi, sizeof(hi));
+        break;
+    default:
+        snprintf(fbuf, sizeof(fbuf), "%llu", (unsigned long long)v);
+        snprintf(lo, sizeof(lo), "%llu", (unsigned long long)min);
+        snprintf(hi, sizeof(hi), "%llu", (unsigned long long)max);
+        break;
+    }
+    diag_add(d, line, "%s: found %s, out of range; expected %s..%s", path, found ? found : fbuf, lo,
+             hi);
+    return false;
+}
+
+/* Check a number field unless the loader already reported it. */
+#define RANGE(d, addr, fallback, path, v, min, max, unit)                                          \
+    do {                                                                                           \
+        if (!reported((d), (addr)))                                                                \
+            cfg_range((d), line_of((d), (addr), (fallback)), (path), NULL, (v), (min), (max),      \
+                      (unit));                                                                     \
+    } while (0)
+
+static void validate_header_ops(struct diag *d, const struct polis_header_ops *o, const char *path,
+                                int fallback)
+{
+    char q[96];
+    for (size_t i = 0; i < o->num_add; i++) {
+        const struct polis_header_kv *kv = &o->add[i];
+        int line = line_of(d, kv, fallback);
+        if (reported(d, kv))
+            continue;
+        if (!cfg_is_token(kv->name)) {
+            diag_quote(kv->name ? kv->name : "", kv->name ? strlen(kv->name) : 0, q, sizeof(q));
+            diag_add(d, line,
+                     "%s.add: header name %s is not a token; expected letters, "
+                     "digits and !#$%%&'*+-.^_`|~",
+                     path, q);
+        }
+        if (!is_header_value(kv->value)) {
+            diag_add(d, line, "%s.add.%s: value %s; expected a value without CR or LF", path,
+                     kv->name ? kv->name : "?", kv->value ? "holds CR or LF" : "is missing");
+        }
+    }
+    for (size_t i = 0; i < o->num_remove; i++) {
+        if (reported(d, &o->remove[i]) || cfg_is_token(o->remove[i]))
+            continue;
+        diag_quote(o->remove[i] ? o->remove[i] : "", o->remove[i] ? strlen(o->remove[i]) : 0, q,
+                   sizeof(q));
+        diag_add(d, line_of(d, &o->remove[i], fallback),
+                 "%s.remove[%zu]: header name %s is not a token; expected letters, digits "
+                 "and !#$%%&'*+-.^_`|~",
+                 path, i, q);
+    }
+}
+
+/* The comma-separated cluster names for "expected one of" (at most 10 shown). */
+static void cluster_list(const struct polis_config *cfg, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = 0;
+    for (size_t i = 0; i < cfg->num_clusters && o < cap; i++) {
+        if (!cfg->clusters[i].name)
+            continue;
+        if (i == 10) {
+            snprintf(out + o, cap - o, ", ...");
+            break;
+        }
+        int n = snprintf(out + o, cap - o, "%s%s", o ? ", " : "", cfg->clusters[i].name);
+        if (n < 0)
+            break;
+        o += (size_t)n;
+    }
+}
+
+static void validate_cluster(struct diag *d, struct polis_config *cfg, size_t ci)
+{
+    struct polis_cluster_cfg *c = &cfg->clusters[ci];
+    char path[64], p2[160], q[96];
+    int cl = c->line;
+
+    snprintf(path, sizeof(path), "clusters[%zu]", ci);
+    if (!reported(d, &c->name)) {
+        if (!c->name) {
+            diag_add(d, cl, "%s: no name; expected name: <[A-Za-z0-9_.-]+>", path);
+        } else if (!cfg_is_name(c->name)) {
+            diag_quote(c->name, strlen(c->name), q, sizeof(q));
+            diag_add(d, line_of(d, &c->name, cl),
+                     "%s.name: found %s; expected a name of letters, digits, '_', '.' "
+                     "or '-'",
+                     path, q);
+        } else {
+            for (size_t j = 0; j < ci; j++) {
+                if (cfg->clusters[j].name && strcmp(cfg->clusters[j].name, c->name) == 0) {
+                    diag_add(d, line_of(d, &c->name, cl),
+                             "%s.name: duplicate cluster name '%s' (first at line %d); "
+                             "expected a unique name",
+                             path, c->name, cfg->clusters[j].line);
+                    break;
+                }
+            }
+        }
+    }
+    if ((unsigned)c->lb > POLIS_LB_HASH)
+        diag_add(d, line_of(d, &c->lb, cl),
+                 "%s.balance: unknown kind %d; expected one of: round_robin, weighted, "
+                 "least_request, hash",
+                 path, (int)c->lb);
+    if (!reported(d, &c->hash_key)) {
+        bool keyed = c->hash_on == POLIS_HASH_HEADER || c->hash_on == POLIS_HASH_COOKIE;
+        if ((unsigned)c->hash_on > POLIS_HASH_COOKIE) {
+            diag_add(d, line_of(d, &c->hash_key, cl),
+                     "%s.hash_on: unknown kind %d; expected header:<name>, cookie:<name> "
+                     "or client_ip",
+                     path, (int)c->hash_on);
+        } else if (c->lb == POLIS_LB_HASH && keyed && !cfg_is_token(c->hash_key)) {
+            diag_quote(c->hash_key ? c->hash_key : "", c->hash_key ? strlen(c->hash_key) : 0, q,
+                       sizeof(q));
+            diag_add(d, line_of(d, &c->hash_key, cl),
+                     "%s.hash_on: %s name %s is not a token; expected %s:<name> with a "
+                     "name of letters, digits and !#$%%&'*+-.^_`|~",
+                     path, c->hash_on == POLIS_HASH_HEADER ? "header" : "cookie", q,
+                     c->hash_on == POLIS_HASH_HEADER ? "header" : "cookie");
+        } else if (c->lb != POLIS_LB_HASH && c->hash_key) {
+            diag_add(d, line_of(d, &c->hash_key, cl),
+                     "%s.hash_on: set but balance is not hash; expected balance: hash or "
+                     "no hash_on",
+                     path);
+        }
+    }
+    snprintf(p2, sizeof(p2), "%s.keepalive", path);
+    RANGE(d, &c->keepalive, cl, p2, c->keepalive, 0, MAX_KEEPALIVE, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.connect_timeout", path);
+    RANGE(d, &c->connect_timeout_ms, cl, p2, c->connect_timeout_ms, 1, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.timeout", path);
+    RANGE(d, &c->timeout_ms, cl, p2, c->timeout_ms, 1, MAX_MS, UNIT_MS);
+    if (!reported(d, &c->instances) && (c->num_instances == 0 || !c->instances)) {
+        diag_add(d, line_of(d, &c->instances, cl),
+                 "%s: no instances; expected instances: a list of at least one address "
+                 "like \"127.0.0.1:9001\"",
+                 path);
+    }
+    for (size_t i = 0; c->instances && i < c->num_instances; i++) {
+        struct polis_instance_cfg *in = &c->instances[i];
+        int il = line_of(d, &in->addr, cl);
+        if (!reported(d, &in->addr) && in->addr.len == 0)
+            diag_add(d, il, "%s.instances[%zu]: no address; expected address: host:port", path, i);
+        snprintf(p2, sizeof(p2), "%s.instances[%zu].weight", path, i);
+        RANGE(d, &in->weight, il, p2, in->weight, 1, MAX_WEIGHT, UNIT_NUM);
+    }
+}
+
+static void validate_route(struct diag *d, struct polis_config *cfg, size_t ri)
+{
+    struct polis_route_cfg *r = &cfg->routes[ri];
+    char path[64], p2[160], q[96], list[512];
+    int rl = r->line;
+
+    snprintf(path, sizeof(path), "routes[%zu]", ri);
+    if (!r->name) {
+        if (asprintf(&r->name, "route-%zu", ri) < 0) {
+            r->name = NULL;
+            d->oom = true;
+        }
+    } else if (!reported(d, &r->name) && !cfg_is_name(r->name)) {
+        diag_quote(r->name, strlen(r->name), q, sizeof(q));
+        diag_add(d, line_of(d, &r->name, rl),
+                 "%s.name: found %s; expected a name of letters, digits, '_', '.' or '-'", path, q);
+    }
+    for (size_t j = 0; r->name && j < ri; j++) {
+        if (cfg->routes[j].name && strcmp(cfg->routes[j].name, r->name) == 0) {
+            diag_add(d, line_of(d, &r->name, rl),
+                     "%s.name: duplicate route name '%s' (first at line %d); expected a "
+                     "unique name",
+                     path, r->name, cfg->routes[j].line);
+            break;
+        }
+    }
+    /* match */
+    if (r->host && !reported(d, &r->host) && !is_host(r->host)) {
+        diag_quote(r->host, strlen(r->host), q, sizeof(q));
+        diag_add(d, line_of(d, &r->host, rl),
+                 "%s.match.host: found %s; expected a host name like api.example.com or "
+                 "*.example.com (no port)",
+                 path, q);
+    }
+    if (!reported(d, &r->path)) {
+        const char *key = r->path_kind == POLIS_PATH_PREFIX ? "prefix" : "path";
+        if ((unsigned)r->path_kind > POLIS_PATH_PATTERN) {
+            diag_add(d, line_of(d, &r->path, rl),
+                     "%s.match: unknown path kind %d; expected exact, prefix or pattern", path,
+                     (int)r->path_kind);
+        } else if (r->path_kind != POLIS_PATH_ANY) {
+            const char *why = path_problem(r->path, r->path_kind == POLIS_PATH_PATTERN);
+            if (why) {
+                diag_quote(r->path ? r->path : "", r->path ? strlen(r->path) : 0, q, sizeof(q));
+                diag_add(d, line_of(d, &r->path, rl),
+                         "%s.match.%s: %s %s; expected a path starting with '/'%s", path, key, q,
+                         why,
+                         r->path_kind == POLIS_PATH_PATTERN
+                             ? " whose {name} parameters are whole segments named "
+                               "[A-Za-z0-9_]"
+                             : "");
+            }
+        }
+    }
+    if (!reported(d, &r->methods)) {
+        if (r->num_methods > 0 && !r->methods)
+            diag_add(d, line_of(d, &r->methods, rl), "%s.match.methods: missing list", path);
+        for (size_t i = 0; r->methods && i < r->num_methods; i++) {
+            if (reported(d, &r->methods[i]) || cfg_is_token(r->methods[i]))
+                continue;
+            diag_quote(r->methods[i] ? r->methods[i] : "",
+                       r->methods[i] ? strlen(r->methods[i]) : 0, q, sizeof(q));
+            diag_add(d, line_of(d, &r->methods[i], line_of(d, &r->methods, rl)),
+                     "%s.match.methods[%zu]: found %s; expected a method token like GET", path, i,
+                     q);
+        }
+    }
+    for (size_t i = 0; r->headers && i < r->num_headers; i++) {
+        struct polis_header_match *h = &r->headers[i];
+        int hl = line_of(d, h, rl);
+        if (reported(d, h))
+            continue;
+        if (!cfg_is_token(h->name)) {
+            diag_quote(h->name ? h->name : "", h->name ? strlen(h->name) : 0, q, sizeof(q));
+            diag_add(d, hl,
+                     "%s.match.headers: header name %s is not a token; expected letters, "
+                     "digits and !#$%%&'*+-.^_`|~",
+                     path, q);
+        } else if (h->value && !is_header_value(h->value)) {
+            diag_add(d, hl,
+                     "%s.match.headers.%s: value holds CR or LF; expected a value without "
+                     "CR or LF, or true",
+                     path, h->name);
+        }
+    }
+    /* action */
+    if (!reported(d, &r->cluster)) {
+        if (!r->cluster) {
+            diag_add(d, rl, "%s: no cluster; expected cluster: <name of a cluster>", path);
+        } else {
+            size_t k;
+            for (k = 0; k < cfg->num_clusters; k++) {
+                if (cfg->clusters[k].name && strcmp(cfg->clusters[k].name, r->cluster) == 0)
+                    break;
+            }
+            if (k < cfg->num_clusters) {
+                r->cluster_index = k;
+            } else {
+                cluster_list(cfg, list, sizeof(list));
+                diag_quote(r->cluster, strlen(r->cluster), q, sizeof(q));
+                if (cfg->num_clusters)
+                    diag_add(d, line_of(d, &r->cluster, rl),
+                             "%s.cluster: unknown cluster %s; expected one of: %s", path, q, list);
+                else
+                    diag_add(d, line_of(d, &r->cluster, rl),
+                             "%s.cluster: unknown cluster %s; expected the name of a "
+                             "cluster under clusters (none is defined)",
+                             path, q);
+            }
+        }
+    }
+    if (r->strip_prefix && r->path_kind != POLIS_PATH_PREFIX && !reported(d, &r->strip_prefix))
+        diag_add(d, line_of(d, &r->strip_prefix, rl),
+                 "%s.strip_prefix: set on a route without match.prefix; expected "
+                 "strip_prefix only with prefix",
+                 path);
+    if (r->rewrite && !reported(d, &r->rewrite)) {
+        const char *why = path_problem(r->rewrite, false);
+        if (why) {
+            diag_quote(r->rewrite, strlen(r->rewrite), q, sizeof(q));
+            diag_add(d, line_of(d, &r->rewrite, rl),
+                     "%s.rewrite: %s %s; expected a path starting with '/'", path, q, why);
+        } else if (r->strip_prefix && !reported(d, &r->strip_prefix)) {
+            diag_add(d, line_of(d, &r->rewrite, rl),
+                     "%s.rewrite: set together with strip_prefix; expected one of them "
+                     "(rewrite already replaces the prefix)",
+                     path);
+        }
+    }
+    snprintf(p2, sizeof(p2), "%s.request_headers", path);
+    validate_header_ops(d, &r->request_headers, p2, rl);
+    snprintf(p2, sizeof(p2), "%s.response_headers", path);
+    validate_header_ops(d, &r->response_headers, p2, rl);
+    snprintf(p2, sizeof(p2), "%s.max_body", path);
+    RANGE(d, &r->max_body, rl, p2, r->max_body, 0, MAX_BODY, UNIT_BYTES);
+    snprintf(p2, sizeof(p2), "%s.timeout", path);
+    RANGE(d, &r->timeout_ms, rl, p2, r->timeout_ms, 0, MAX_MS, UNIT_MS);
+}
+
+/* Whether two listening addresses collide: the same text, or the same port where one of them is
+ * a wildcard address of the same family. */
+static bool addr_collide(const struct polis_addr *a, const struct polis_addr *b)
+{
+    if (strcmp(a->text, b->text) == 0)
+        return true;
+    if (a->ss.ss_family != b->ss.ss_family)
+        return false;
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+        return x->sin_port == y->sin_port &&
+               (x->sin_addr.s_addr == INADDR_ANY || y->sin_addr.s_addr == INADDR_ANY);
+    }
+    const struct sockaddr_in6 *x = (const void *)&a->ss, *y = (const void *)&b->ss;
+    return x->sin6_port == y->sin6_port &&
+           (IN6_IS_ADDR_UNSPECIFIED(&x->sin6_addr) || IN6_IS_ADDR_UNSPECIFIED(&y->sin6_addr));
+}
+
+static void config_validate_diag(struct polis_config *cfg, struct diag *d)
+{
+    RANGE(d, &cfg->workers, 0, "workers", (cfg->workers < 0 ? UINT64_MAX : (uint64_t)cfg->workers),
+          0, MAX_WORKERS, UNIT_NUM);
+    if (!reported(d, &cfg->listen) && cfg->listen.len == 0)
+        diag_add(d, 0,
+                 "listen: missing; expected the address to accept connections on, like "
+                 "listen: \"0.0.0.0:8080\"");
+    if (cfg->has_admin && cfg->listen.len && cfg->admin.len && !reported(d, &cfg->admin) &&
+        addr_collide(&cfg->listen, &cfg->admin))
+        diag_add(d, line_of(d, &cfg->admin, 0),
+                 "admin: %s collides with listen %s; expected another port, or admin: off",
+                 cfg->admin.text, cfg->listen.text);
+    if (cfg->has_admin && cfg->admin.len == 0 && !reported(d, &cfg->admin))
+        diag_add(d, 0, "admin: no address; expected an address or off");
+    if (cfg->access_log && !reported(d, &cfg->access_log) && cfg->access_log[0] == 0)
+        diag_add(d, line_of(d, &cfg->access_log, 0),
+                 "access_log: empty; expected \"-\" (stdout), a file path or off");
+
+    struct polis_limits_cfg *l = &cfg->limits;
+    RANGE(d, &l->max_request_line, 0, "limits.max_request_line", l->max_request_line, 256, 1u << 20,
+          UNIT_BYTES);
+    RANGE(d, &l->max_header_bytes, 0, "limits.max_header_bytes", l->max_header_bytes, 1024,
+          1u << 20, UNIT_BYTES);
+    if (!reported(d, &l->max_request_line) && !reported(d, &l->max_header_bytes) &&
+        l->max_request_line > l->max_header_bytes) {
+        char a[32], b[32];
+        diag_size(l->max_request_line, a, sizeof(a));
+        diag_size(l->max_header_bytes, b, sizeof(b));
+        diag_add(d, line_of(d, &l->max_request_line, 0),
+                 "limits.max_request_line: %s is larger than max_header_bytes %s; expected at "
+                 "most max_header_bytes (the request line is part of the head)",
+                 a, b);
+    }
+    RANGE(d, &l->max_headers, 0, "limits.max_headers", l->max_headers, 1, 1000, UNIT_NUM);
+    RANGE(d, &l->max_body, 0, "limits.max_body", l->max_body, 1, MAX_BODY, UNIT_BYTES);
+    RANGE(d, &l->max_connections, 0, "limits.max_connections", l->max_connections, 1,
+          MAX_CONNECTIONS, UNIT_NUM);
+
+    struct polis_timeouts_cfg *t = &cfg->timeouts;
+    RANGE(d, &t->header_read_ms, 0, "timeouts.header_read", t->header_read_ms, 1, MAX_MS, UNIT_MS);
+    RANGE(d, &t->body_read_ms, 0, "timeouts.body_read", t->body_read_ms, 1, MAX_MS, UNIT_MS);
+    RANGE(d, &t->idle_ms, 0, "timeouts.idle", t->idle_ms, 1, MAX_MS, UNIT_MS);
+    RANGE(d, &t->request_ms, 0, "timeouts.request", t->request_ms, 0, MAX_MS, UNIT_MS);
+    RANGE(d, &t->drain_ms, 0, "timeouts.drain", t->drain_ms, 0, MAX_MS, UNIT_MS);
+
+    if (cfg->num_clusters && !cfg->clusters)
+        diag_add(d, 0, "clusters: count without a list; expected a list");
+    else
+        for (size_t i = 0; i < cfg->num_clusters; i++)
+            validate_cluster(d, cfg, i);
+    if (cfg->num_routes && !cfg->routes)
+        diag_add(d, 0, "routes: count without a list; expected a list");
+    else
+        for (size_t i = 0; i < cfg->num_routes; i++)
+            validate_route(d, cfg, i);
+}
+
+int polis__config_validate(struct polis_config *cfg, struct polis_config_errors *errs)
+{
+    struct diag d;
+
+    if (errs) {
+        errs->msgs = NULL;
+        errs->count = 0;
+    }
+    diag_init(&d, cfg && cfg->source ? cfg->source : "config");
+    if (!cfg) {
+        diag_add(&d, 0, "no configuration; expected one");
+        diag_finish(&d, errs);
+        return POLIS_EINVAL;
+    }
+    config_validate_diag(cfg, &d);
+    bool bad = d.n > 0;
+    int rc = diag_finish(&d, errs);
+    if (rc < 0)
+        return rc;
+    return bad ? POLIS_EINVAL : 0;
+}
+
+/* ---- The YAML loader --------------------------------------------------------------------- */
+
+/* The document as a small tree (libyaml events, anchors and aliases refused), with lines. */
+enum ntype { N_SCALAR, N_SEQ, N_MAP };
+
+struct node {
+    enum ntype type;
+    int line;   /* 1-based */
+    bool plain; /* a plain (unquoted) scalar: may be null or a boolean */
+    char *s;    /* scalar bytes, NUL-terminated, len bytes (may hold NULs) */
+    size_t len;
+    struct node *kids; /* items; for a mapping key, value, key, value... */
+    size_t n, cap;
+};
+
+struct ld {
+    struct diag *d;
+    struct polis_config *cfg;
+    size_t nodes;
+};
+
+static void node_free(struct node *n)
+{
+    for (size_t i = 0; i < n->n; i++)
+        node_free(&n->kids[i]);
+    free(n->kids);
+    free(n->s);
+    memset(n, 0, sizeof(*n));
+}
+
+static struct node *node_append(struct ld *L, struct node *parent, enum ntype type, int line)
+{
+    if (parent->n == parent->cap) {
+        size_t ncap = parent->cap ? parent->cap * 2 : 4;
+        struct node *nk = realloc(parent->kids, ncap * sizeof(*nk));
+        if (!nk) {
+            L->d->oom = true;
+            return NULL;
+        }
+        parent->kids = nk;
+        parent->cap = ncap;
+    }
+    struct node *k = &parent->kids[parent->n++];
+    memset(k, 0, sizeof(*k));
+    k->type = type;
+    k->line = line;
+    L->nodes++;
+    return k;
+}
+
+static int line_at_offset(const char *s, size_t len, size_t off)
+{
+    int line = 1;
+    for (size_t i = 0; i < off && i < len; i++)
+        line += s[i] == '\n';
+    return line;
+}
+
+static void syntax_error(struct ld *L, const yaml_parser_t *p, const char *yaml, size_t len)
+{
+    const char *problem = p->problem ? p->problem : "unknown problem";
+    if (p->error == YAML_READER_ERROR) {
+        diag_add(L->d, line_at_offset(yaml, len, p->problem_offset),
+                 "YAML syntax error: %s (byte %zu); expected UTF-8 text without control "
+                 "characters",
+                 problem, p->problem_offset);
+    } else if (p->context) {
+        diag_add(L->d, (int)p->problem_mark.line + 1,
+                 "YAML syntax error: %s (%s at line %d); expected valid YAML", problem, p->context,
+                 (int)p->context_mark.line + 1);
+    } else {
+        diag_add(L->d, (int)p->problem_mark.line + 1, "YAML syntax error: %s; expected valid YAML",
+                 problem);
+    }
+}
+
+/* Parse the text into root's kids (one per document). Returns false when it could not. */
+static bool build_tree(struct ld *L, const char *yaml, size_t len, struct node *root)
+{
+    yaml_parser_t p;
+    yaml_event_t ev;
+    struct node *stack[MAX_DEPTH + 1];
+    size_t depth = 0;
+    int docs = 0;
+    bool ok = true, done = false;
+
+    if (!yaml_parser_initialize(&p)) {
+        L->d->oom = true;
+        return false;
+    }
+    yaml_parser_set_input_string(&p, (const unsigned char *)yaml, len);
+    stack[depth++] = root;
+    while (!done) {
+        if (!yaml_parser_parse(&p, &ev)) {
+            syntax_error(L, &p, yaml, len);
+            ok = false;
+            break;
+        }
+        int line = (int)ev.start_mark.line + 1;
+        struct node *top = stack[depth - 1], *k;
+        const yaml_char_t *anchor = NULL;
+        switch (ev.type) {
+        case YAML_STREAM_END_EVENT:
+            done = true;
+            break;
+        case YAML_DOCUMENT_START_EVENT:
+            if (++docs > 1) {
+                diag_add(L->d, line, "a second YAML document; expected a single document");
+                ok = false;
+                done = true;
+            }
+            break;
+        case YAML_ALIAS_EVENT:
+            diag_add(L->d, line,
+                     "alias '*%s'; expected plain values (anchors and aliases are refused)",
+                     (const char *)ev.data.alias.anchor);
+            k = node_append(L, top, N_SCALAR, line); /* a null in its place */
+            if (k)
+                k->plain = true;
+            break;
+        case YAML_SCALAR_EVENT:
+            anchor = ev.data.scalar.anchor;
+            k = node_append(L, top, N_SCALAR, line);
+            if (!k)
+                break;
+            k->plain = ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE;
+            k->len = ev.data.scalar.length;
+            k->s = malloc(k->len + 1);
+            if (!k->s) {
+                L->d->oom = true;
+                break;
+            }
+            memcpy(k->s, ev.data.scalar.value, k->len);
+            k->s[k->len] = 0;
+            break;
+        case YAML_SEQUENCE_START_EVENT:
+        case YAML_MAPPING_START_EVENT:
+            anchor = ev.type == YAML_SEQUENCE_START_EVENT ? ev.data.sequence_start.anchor
+                                                          : ev.data.mapping_start.anchor;
+            if (depth > MAX_DEPTH) {
+                diag_add(L->d, line, "nesting deeper than %d levels; expected a flatter document",
+                         MAX_DEPTH);
+                ok = false;
+                done = true;
+                break;
+            }
+            k = node_append(L, top, ev.type == YAML_SEQUENCE_START_EVENT ? N_SEQ : N_MAP, line);
+            if (k)
+                stack[depth++] = k;
+            break;
+        case YAML_SEQUENCE_END_EVENT:
+        case YAML_MAPPING_END_EVENT:
+            if (depth > 1)
+                depth--;
+            break;
+        default:
+            break;
+        }
+        if (anchor)
+            diag_add(L->d, line,
+                     "anchor '&%s'; expected plain values (anchors and aliases are refused)",
+                     (const char *)anchor);
+        yaml_event_delete(&ev);
+        if (L->d->oom) {
+            ok = false;
+            break;
+        }
+        if (L->nodes > MAX_NODES) {
+            diag_add(L->d, line, "more than %d values; expected a smaller document", MAX_NODES);
+            ok = false;
+            break;
+        }
+    }
+    yaml_parser_delete(&p);
+    return ok;
+}
+
+/* ---- Reading nodes ----------------------------------------------------------------------- */
+
+static bool scalar_eq(const struct node *n, const char *lit)
+{
+    return n->type == N_SCALAR && n->len == strlen(lit) && memcmp(n->s, lit, n->len) == 0;
+}
+
+static bool is_null(const struct node *n)
+{
+    return n->type == N_SCALAR && n->plain &&
+           (n->len == 0 || scalar_eq(n, "~") || scalar_eq(n, "null") || scalar_eq(n, "Null") ||
+            scalar_eq(n, "NULL"));
+}
+
+/* 1 for a plain true, 0 for a plain false, -1 otherwise (YAML 1.2 core schema spellings). */
+static int bool_of(const struct node *n)
+{
+    if (n->type != N_SCALAR || !n->plain)
+        return -1;
+    if (scalar_eq(n, "true") || scalar_eq(n, "True") || scalar_eq(n, "TRUE"))
+        return 1;
+    if (scalar_eq(n, "false") || scalar_eq(n, "False") || scalar_eq(n, "FALSE"))
+        return 0;
+    return -1;
+}
+
+/* What a node is, for "found ...". */
+static void found_of(const struct node *n, char *buf, size_t cap)
+{
+    if (n->type == N_MAP)
+        snprintf(buf, cap, "a mapping");
+    else if (n->type == N_SEQ)
+        snprintf(buf, cap, "a list");
+    else if (is_null(n))
+        snprintf(buf, cap, "nothing");
+    else
+        diag_quote(n->s, n->len, buf, cap);
+}
+
+static void join(char *out, size_t cap, const char *path, const char *key)
+{
+    if (path && *path)
+        snprintf(out, cap, "%s.%s", path, key);
+    else
+        snprintf(out, cap, "%s", key);
+}
+
+/* "path: " or "" for the top level. */
+#define PFX(path) ((path) && *(path) ? (path) : ""), ((path) && *(path) ? ": " : "")
+
+static void wrong(struct ld *L, const struct node *n, int line, const char *path,
+                  const char *expected)
+{
+    char f[96];
+    found_of(n, f, sizeof(f));
+    diag_add(L->d, line, "%s%sfound %s; expected %s", PFX(path), f, expected);
+}
+
+/* Check that m is a mapping (a null counts as an empty one) whose keys are unique and among
+ * allowed. Returns false when m is not a mapping. */
+static bool map_check(struct ld *L, const struct node *m, int line, const char *path,
+                      const char *const *allowed, const char *expected)
+{
+    if (is_null(m))
+        return true;
+    if (m->type != N_MAP) {
+        wrong(L, m, line, path, expected);
+        return false;
+    }
+    for (size_t i = 0; i + 1 < m->n; i += 2) {
+        const struct node *k = &m->kids[i];
+        char q[96];
+        if (k->type != N_SCALAR) {
+            wrong(L, k, k->line, path, "a key name");
+            continue;
+        }
+        bool dup = false;
+        for (size_t j = 0; j < i && !dup; j += 2) {
+            const struct node *o = &m->kids[j];
+            if (o->type == N_SCALAR && o->len == k->len && memcmp(o->s, k->s, k->len) == 0) {
+                diag_quote(k->s, k->len, q, sizeof(q));
+                diag_add(L->d, k->line,
+                         "%s%sduplicate key %s (first at line %d); expected each "
+                         "key once",
+                         PFX(path), q, o->line);
+                dup = true;
+            }
+        }
+        if (dup || !allowed)
+            continue;
+        bool known = false;
+        for (size_t a = 0; allowed[a] && !known; a++)
+            known = scalar_eq(k, allowed[a]);
+        if (!known) {
+            char list[512];
+            size_t o = 0;
+            list[0] = 0;
+            for (size_t a = 0; allowed[a]; a++) {
+                int r = snprintf(list + o, sizeof(list) - o, "%s%s", a ? ", " : "", allowed[a]);
+                if (r < 0 || (size_t)r >= sizeof(list) - o)
+                    break;
+                o += (size_t)r;
+            }
+            diag_quote(k->s, k->len, q, sizeof(q));
+            diag_add(L->d, k->line, "%s%sunknown key %s; expected one of: %s", PFX(path), q, list);
+        }
+    }
+    return true;
+}
+
+/* The value of key in mapping m (the first one), with the key's line; NULL when absent. */
+static const struct node *get(const struct node *m, const char *key, int *line)
+{
+    if (m->type != N_MAP)
+        return NULL;
+    for (size_t i = 0; i + 1 < m->n; i += 2) {
+        if (scalar_eq(&m->kids[i], key)) {
+            *line = m->kids[i].line;
+            return &m->kids[i + 1];
+        }
+    }
+    return NULL;
+}
+
+/* A string value (any non-null scalar without NUL bytes): a copy in *out. */
+static bool rd_str(struct ld *L, const struct node *n, int line, const char *path,
+                   const char *expected, char **out)
+{
+    if (n->type != N_SCALAR || is_null(n) || memchr(n->s, 0, n->len)) {
+        wrong(L, n, line, path, expected);
+        return false;
+    }
+    *out = strdup(n->s);
+    if (!*out)
+        L->d->oom = true;
+    return *out != NULL;
+}
+
+/* A number, duration or size within [min, max]. */
+static bool rd_num(struct ld *L, const struct node *n, int line, const char *path, enum unit u,
+                   uint64_t min, uint64_t max, uint64_t *out)
+{
+    char expected[128], lo[32], hi[32], q[96];
+    uint64_t v = 0;
+    bool ok = n->type == N_SCALAR && !is_null(n) && !memchr(n->s, 0, n->len);
+    struct polis_str s = {n->s, n->len};
+
+    if (ok && u == UNIT_MS) {
+        ok = polis_parse_duration(s, &v) == 0;
+        diag_ms(min, lo, sizeof(lo));
+        diag_ms(max, hi, sizeof(hi));
+        snprintf(expected, sizeof(expected),
+                 "a duration like 500ms, 5s, 2m or 1h (a bare number is ms) in %s..%s", lo, hi);
+    } else if (ok && u == UNIT_BYTES) {
+        ok = polis_parse_size(s, &v) == 0;
+        diag_size(min, lo, sizeof(lo));
+        diag_size(max, hi, sizeof(hi));
+        snprintf(expected, sizeof(expected), "a size like 512, 64KiB, 1MiB or 10MB in %s..%s", lo,
+                 hi);
+    } else {
+        snprintf(expected, sizeof(expected), "an integer in %llu..%llu", (unsigned long long)min,
+                 (unsigned long long)max);
+        if (ok) {
+            ok = n->len > 0 && n->len <= 20 && strspn(n->s, "0123456789") == n->len;
+            if (ok) {
+                errno = 0;
+                v = strtoull(n->s, NULL, 10);
+                if (errno == ERANGE)
+                    v = UINT64_MAX;
+            }
+        }
+    }
+    if (!ok) {
+        wrong(L, n, line, path, expected);
+        return false;
+    }
+    diag_quote(n->s, n->len, q, sizeof(q));
+    if (!cfg_range(L->d, line, path, q, v, min, max, u))
+        return false;
+    *out = v;
+    return true;
+}
+
+/* Read an optional number field of mapping m into dst (any integer type that holds max). */
+#define NUM_FIELD(L, m, base, key, unit, min, max, dst)                                            \
+    do {                                                                                           \
+        int kl_ = 0;                                                                               \
+        uint64_t v_ = 0;                                                                           \
+        const struct node *n_ = get((m), (key), &kl_);                                             \
+        if (n_) {                                                                                  \
+            char p_[160];                                                                          \
+            join(p_, sizeof(p_), (base), (key));                                                   \
+            bool ok_ = rd_num((L), n_, kl_, p_, (unit), (min), (max), &v_);                        \
+            if (ok_)                                                                               \
+                (dst) = v_;                                                                        \
+            diag_where((L)->d, &(dst), kl_, !ok_);                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* Read an optional string field of mapping m into *dst. */
+static void str_field(struct ld *L, const struct node *m, const char *base, const char *key,
+                      const char *expected, char **dst)
+{
+    int kl = 0;
+    const struct node *n = get(m, key, &kl);
+    char p[160];
+    if (!n)
+        return;
+    join(p, sizeof(p), base, key);
+    bool ok = rd_str(L, n, kl, p, expected, dst);
+    diag_where(L->d, dst, kl, !ok);
+}
+
+static bool rd_addr(struct ld *L, const struct node *n, int line, const char *path,
+                    struct polis_addr *out)
+{
+    const char *expected = "an address like 0.0.0.0:8080, [::1]:8080, :8080 or localhost:8080";
+    if (n->type != N_SCALAR || is_null(n) || memchr(n->s, 0, n->len) ||
+        polis__addr_parse(n->s, out) < 0) {
+        wrong(L, n, line, path, expected);
+        return false;
+    }
+    return true;
+}
+
+static bool is_off(const struct node *n)
+{
+    return scalar_eq(n, "off") || bool_of(n) == 0;
+}
+
+/* ---- The schema -------------------------------------------------------------------------- */
+
+static void load_limits(struct ld *L, const struct node *m, int line)
+{
+    static const char *const keys[] = {"max_request_line", "max_header_bytes", "max_headers",
+                                       "max_body",         "max_connections",  NULL};
+    struct polis_limits_cfg *l = &L->cfg->limits;
+    if (!map_check(L, m, line, "limits", keys, "a mapping of limits"))
+        return;
+    NUM_FIELD(L, m, "limits", "max_request_line", UNIT_BYTES, 256, 1u << 20, l->max_request_line);
+    NUM_FIELD(L, m, "limits", "max_header_bytes", UNIT_BYTES, 1024, 1u << 20, l->max_header_bytes);
+    NUM_FIELD(L, m, "limits", "max_headers", UNIT_NUM, 1, 1000, l->max_headers);
+    NUM_FIELD(L, m, "limits", "max_body", UNIT_BYTES, 1, MAX_BODY, l->max_body);
+    NUM_FIELD(L, m, "limits", "max_connections", UNIT_NUM, 1, MAX_CONNECTIONS, l->max_connections);
+}
+
+static void load_timeouts(struct ld *L, const struct node *m, int line)
+{
+    static const char *const keys[] = {"header_read", "body_read", "idle",
+                                       "request",     "drain",     NULL};
+    struct polis_timeouts_cfg *t = &L->cfg->timeouts;
+    if (!map_check(L, m, line, "timeouts", keys, "a mapping of timeouts"))
+        return;
+    NUM_FIELD(L, m, "timeouts", "header_read", UNIT_MS, 1, MAX_MS, t->header_read_ms);
+    NUM_FIELD(L, m, "timeouts", "body_read", UNIT_MS, 1, MAX_MS, t->body_read_ms);
+    NUM_FIELD(L, m, "timeouts", "idle", UNIT_MS, 1, MAX_MS, t->idle_ms);
+    NUM_FIELD(L, m, "timeouts", "request", UNIT_MS, 0, MAX_MS, t->request_ms);
+    NUM_FIELD(L, m, "timeouts", "drain", UNIT_MS, 0, MAX_MS, t->drain_ms);
+}
+
+static void load_instance(struct ld *L, const struct node *n, const char *path,
+                          struct polis_instance_cfg *in)
+{
+    static const char *const keys[] = {"address", "weight", NULL};
+    const char *expected = "an address string, or a mapping with address and weight";
+
+    in->weight = 1;
+    if (n->type == N_SCALAR && !is_null(n)) {
+        bool ok = rd_addr(L, n, n->line, path, &in->addr);
+        diag_where(L->d, &in->addr, n->line, !ok);
+        return;
+    }
+    if (n->type != N_MAP) {
+        wrong(L, n, n->line, path, expected);
+        diag_where(L->d, &in->addr, n->line, true);
+        return;
+    }
+    map_check(L, n, n->line, path, keys, expected);
+    int kl = 0;
+    const struct node *a = get(n, "address", &kl);
+    if (a) {
+        char p[160];
+        join(p, sizeof(p), path, "address");
+        bool ok = rd_addr(L, a, kl, p, &in->addr);
+        diag_where(L->d, &in->addr, kl, !ok);
+    } else {
+        diag_where(L->d, &in->addr, n->line, false); /* validation says: no address */
+    }
+    NUM_FIELD(L, n, path, "weight", UNIT_NUM, 1, MAX_WEIGHT, in->weight);
+}
+
+static void load_cluster(struct ld *L, const struct node *m, size_t idx)
+{
+    static const char *const keys[] = {"name",      "balance",         "hash_on", "keepalive",
+                                       "instances", "connect_timeout", "timeout", NULL};
+    struct polis_cluster_cfg *c = &L->cfg->clusters[idx];
+    char path[64], p[160];
+    int kl = 0;
+    const struct node *n;
+
+    cluster_defaults(c);
+    c->line = m->line;
+    snprintf(path, sizeof(path), "clusters[%zu]", idx);
+    if (m->type != N_MAP) {
+        wrong(L, m, m->line, path, "a mapping with name and instances");
+        diag_where(L->d, &c->name, m->line, true);
+        diag_where(L->d, &c->instances, m->line, true);
+        return;
+    }
+    map_check(L, m, m->line, path, keys, NULL);
+    str_field(L, m, path, "name", "a cluster name", &c->name);
+
+    static const char *const kinds[] = {"round_robin", "weighted", "least_request", "hash"};
+    bool lb_ok = true;
+    int balance_line = m->line;
+    if ((n = get(m, "balance", &kl))) {
+        size_t k;
+        balance_line = kl;
+        for (k = 0; k < 4 && !scalar_eq(n, kinds[k]); k++)
+            ;
+        join(p, sizeof(p), path, "balance");
+        if (k < 4)
+            c->lb = (enum polis_lb_kind)k;
+        else
+            wrong(L, n, kl, p, "one of: round_robin, weighted, least_request, hash");
+        lb_ok = k < 4;
+        diag_where(L->d, &c->lb, kl, !lb_ok);
+    }
+    if ((n = get(m, "hash_on", &kl))) {
+        const char *expected = "header:<name>, cookie:<name> or client_ip";
+        join(p, sizeof(p), path, "hash_on");
+        bool ok = true;
+        if (n->type != N_SCALAR || is_null(n) || memchr(n->s, 0, n->len)) {
+            ok = false;
+        } else if (scalar_eq(n, "client_ip")) {
+            c->hash_on = POLIS_HASH_CLIENT_IP;
+        } else if (n->len > 7 && memcmp(n->s, "header:", 7) == 0) {
+            c->hash_on = POLIS_HASH_HEADER;
+            c->hash_key = strdup(n->s + 7);
+        } else if (n->len > 7 && memcmp(n->s, "cookie:", 7) == 0) {
+            c->hash_on = POLIS_HASH_COOKIE;
+            c->hash_key = strdup(n->s + 7);
+        } else {
+            ok = false;
+        }
+        if (!ok)
+            wrong(L, n, kl, p, expected);
+        else if (c->hash_on != POLIS_HASH_CLIENT_IP && !c->hash_key)
+            L->d->oom = true;
+        if (ok && lb_ok && c->lb != POLIS_LB_HASH) {
+            diag_add(L->d, kl,
+                     "%s: set but balance is not hash; expected balance: hash or no "
+                     "hash_on",
+                     p);
+            ok = false;
+        }
+        diag_where(L->d, &c->hash_key, kl, !ok);
+    } else if (c->lb == POLIS_LB_HASH) {
+        diag_add(L->d, balance_line,
+                 "%s: balance is hash but hash_on is missing; expected hash_on: header:<name>, "
+                 "cookie:<name> or client_ip",
+                 path);
+    }
+    NUM_FIELD(L, m, path, "keepalive", UNIT_NUM, 0, MAX_KEEPALIVE, c->keepalive);
+    NUM_FIELD(L, m, path, "connect_timeout", UNIT_MS, 1, MAX_MS, c->connect_timeout_ms);
+    NUM_FIELD(L, m, path, "timeout", UNIT_MS, 1, MAX_MS, c->timeout_ms);
+
+    if ((n = get(m, "instances", &kl))) {
+        join(p, sizeof(p), path, "instances");
+        if (n->type == N_SEQ && n->n > 0) {
+            c->instances = calloc(n->n, sizeof(*c->instances));
+            if (!c->instances) {
+                L->d->oom = true;
+                return;
+            }
+            c->num_instances = n->n;
+            for (size_t i = 0; i < n->n; i++) {
+                char ip[192];
+                snprintf(ip, sizeof(ip), "%s[%zu]", p, i);
+                load_instance(L, &n->kids[i], ip, &c->instances[i]);
+            }
+            diag_where(L->d, &c->instances, kl, false);
+        } else if (n->type == N_SEQ || is_null(n)) {
+            diag_where(L->d, &c->instances, kl, false); /* validation says: no instances */
+        } else {
+            wrong(L, n, kl, p, "a list of instances");
+            diag_where(L->d, &c->instances, kl, true);
+        }
+    }
+}
+
+/* A header value for add: any non-null scalar. */
+static void load_header_ops(struct ld *L, const struct node *m, int line, const char *path,
+                            struct polis_header_ops *o)
+{
+    static const char *const keys[] = {"add", "remove", NULL};
+    char p[192];
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, path, keys, "a mapping with add and remove"))
+        return;
+    if ((n = get(m, "add", &kl))) {
+        join(p, sizeof(p), path, "add");
+        if (map_check(L, n, kl, p, NULL, "a mapping of header names to values") && n->n) {
+            o->add = calloc(n->n / 2, sizeof(*o->add));
+            if (!o->add) {
+                L->d->oom = true;
+                return;
+            }
+            o->num_add = n->n / 2;
+            for (size_t i = 0; i < o->num_add; i++) {
+                const struct node *k = &n->kids[2 * i], *v = &n->kids[2 * i + 1];
+                char vp[256];
+                struct polis_header_kv *kv = &o->add[i];
+                bool ok = rd_str(L, k, k->line, p, "a header name", &kv->name);
+                if (ok) {
+                    join(vp, sizeof(vp), p, kv->name);
+                    ok = rd_str(L, v, k->line, vp, "a header value", &kv->value);
+                }
+                diag_where(L->d, kv, k->line, !ok);
+            }
+        }
+    }
+    if ((n = get(m, "remove", &kl))) {
+        join(p, sizeof(p), path, "remove");
+        if (n->type == N_SEQ && n->n) {
+            o->remove = calloc(n->n, sizeof(*o->remove));
+            if (!o->remove) {
+                L->d->oom = true;
+                return;
+            }
+            o->num_remove = n->n;
+            for (size_t i = 0; i < n->n; i++) {
+                char ip[224];
+                snprintf(ip, sizeof(ip), "%s[%zu]", p, i);
+                bool ok =
+                    rd_str(L, &n->kids[i], n->kids[i].line, ip, "a header name", &o->remove[i]);
+                diag_where(L->d, &o->remove[i], n->kids[i].line, !ok);
+            }
+        } else if (!(n->type == N_SEQ || is_null(n))) {
+            wrong(L, n, kl, p, "a list of header names");
+        }
+    }
+}
+
+static void load_match(struct ld *L, const struct node *m, int line, const char *path,
+                       struct polis_route_cfg *r)
+{
+    static const char *const keys[] = {"host", "path", "prefix", "methods", "headers", NULL};
+    char p[160];
+    int kl = 0, kl2 = 0;
+    const struct node *n, *n2;
+
+    if (!map_check(L, m, line, path, keys, "a mapping of conditions"))
+        return;
+    str_field(L, m, path, "host", "a host name", &r->host);
+    n = get(m, "path", &kl);
+    n2 = get(m, "prefix", &kl2);
+    if (n && n2) {
+        diag_add(L->d, kl2, "%s: both path and prefix; expected only one of them", path);
+        diag_where(L->d, &r->path, kl, true);
+    } else if (n) {
+        join(p, sizeof(p), path, "path");
+        bool ok = rd_str(L, n, kl, p, "a path like /users or /users/{id}", &r->path);
+        if (ok)
+            r->path_kind = strpbrk(r->path, "{}") ? POLIS_PATH_PATTERN : POLIS_PATH_EXACT;
+        diag_where(L->d, &r->path, kl, !ok);
+    } else if (n2) {
+        join(p, sizeof(p), path, "prefix");
+        bool ok = rd_str(L, n2, kl2, p, "a path prefix like /api/", &r->path);
+        if (ok)
+            r->path_kind = POLIS_PATH_PREFIX;
+        diag_where(L->d, &r->path, kl2, !ok);
+    }
+    if ((n = get(m, "methods", &kl))) {
+        join(p, sizeof(p), path, "methods");
+        if (n->type == N_SEQ && n->n > 0) {
+            r->methods = calloc(n->n, sizeof(*r->methods));
+            if (!r->methods) {
+                L->d->oom = true;
+                return;
+            }
+            r->num_methods = n->n;
+            for (size_t i = 0; i < n->n; i++) {
+                char ip[192];
+                snprintf(ip, sizeof(ip), "%s[%zu]", p, i);
+                bool ok = rd_str(L, &n->kids[i], n->kids[i].line, ip, "a method token like GET",
+                                 &r->methods[i]);
+                diag_where(L->d, &r->methods[i], n->kids[i].line, !ok);
+            }
+            diag_where(L->d, &r->methods, kl, false);
+        } else {
+            wrong(L, n, kl, p, "a non-empty list of methods like [GET, HEAD]");
+            diag_where(L->d, &r->methods, kl, true);
+        }
+    }
+    if ((n = get(m, "headers", &kl))) {
+        join(p, sizeof(p), path, "headers");
+        if (map_check(L, n, kl, p, NULL, "a mapping of header names to a value or true") && n->n) {
+            r->headers = calloc(n->n / 2, sizeof(*r->headers));
+            if (!r->headers) {
+                L->d->oom = true;
+                return;
+            }
+            r->num_headers = n->n / 2;
+            for (size_t i = 0; i < r->num_headers; i++) {
+                const struct node *k = &n->kids[2 * i], *v = &n->kids[2 * i + 1];
+                struct polis_header_match *h = &r->headers[i];
+                char vp[256];
+                bool ok = rd_str(L, k, k->line, p, "a header name", &h->name);
+                if (ok && bool_of(v) != 1) {
+                    join(vp, sizeof(vp), p, h->name);
+                    if (bool_of(v) == 0) {
+                        wrong(L, v, k->line, vp, "a string value, or true for presence only");
+                        ok = false;
+                    } else {
+                        ok = rd_str(L, v, k->line, vp, "a string value, or true for presence only",
+                                    &h->value);
+                    }
+                }
+                diag_where(L->d, h, k->line, !ok);
+            }
+        }
+    }
+}
+
+static void load_route(struct ld *L, const struct node *m, size_t idx)
+{
+    static const char *const keys[] = {
+        "name",     "match",   "cluster",         "strip_prefix",     "rewrite",
+        "max_body", "timeout", "request_headers", "response_headers", NULL};
+    struct polis_route_cfg *r = &L->cfg->routes[idx];
+    char path[64], p[160];
+    int kl = 0;
+    const struct node *n;
+
+    r->line = m->line;
+    snprintf(path, sizeof(path), "routes[%zu]", idx);
+    if (m->type != N_MAP) {
+        wrong(L, m, m->line, path, "a mapping with match and cluster");
+        diag_where(L->d, &r->cluster, m->line, true);
+        return;
+    }
+    map_check(L, m, m->line, path, keys, NULL);
+    str_field(L, m, path, "name", "a route name", &r->name);
+    if ((n = get(m, "match", &kl))) {
+        join(p, sizeof(p), path, "match");
+        load_match(L, n, kl, p, r);
+    }
+    if ((n = get(m, "cluster", &kl))) {
+        join(p, sizeof(p), path, "cluster");
+        bool ok = rd_str(L, n, kl, p, "a cluster name", &r->cluster);
+        diag_where(L->d, &r->cluster, kl, !ok);
+    }
+    if ((n = get(m, "strip_prefix", &kl))) {
+        join(p, sizeof(p), path, "strip_prefix");
+        int b = bool_of(n);
+        if (b < 0)
+            wrong(L, n, kl, p, "true or false");
+        else
+            r->strip_prefix = b;
+        diag_where(L->d, &r->strip_prefix, kl, b < 0);
+    }
+    str_field(L, m, path, "rewrite", "a path like /v2/", &r->rewrite);
+    NUM_FIELD(L, m, path, "max_body", UNIT_BYTES, 0, MAX_BODY, r->max_body);
+    NUM_FIELD(L, m, path, "timeout", UNIT_MS, 0, MAX_MS, r->timeout_ms);
+    if ((n = get(m, "request_headers", &kl))) {
+        join(p, sizeof(p), path, "request_headers");
+        load_header_ops(L, n, kl, p, &r->request_headers);
+    }
+    if ((n = get(m, "response_headers", &kl))) {
+        join(p, sizeof(p), path, "response_headers");
+        load_header_ops(L, n, kl, p, &r->response_headers);
+    }
+}
+
+/* Returns false when the document is not a mapping (nothing else is worth checking then). */
+static bool load_root(struct ld *L, const struct node *root)
+{
+    static const char *const keys[] = {"workers",  "listen",   "admin",  "access_log", "limits",
+                                       "timeouts", "clusters", "routes", NULL};
+    struct polis_config *cfg = L->cfg;
+    int kl = 0;
+    const struct node *n;
+
+    if (root->type != N_MAP) {
+        wrong(L, root, root->line, "", "a mapping of settings (listen, clusters, routes, ...)");
+        return false;
+    }
+    map_check(L, root, root->line, "", keys, NULL);
+    NUM_FIELD(L, root, "", "workers", UNIT_NUM, 0, MAX_WORKERS, cfg->workers);
+    if ((n = get(root, "listen", &kl))) {
+        bool ok = rd_addr(L, n, kl, "listen", &cfg->listen);
+        diag_where(L->d, &cfg->listen, kl, !ok);
+    }
+    if ((n = get(root, "admin", &kl))) {
+        bool ok = true;
+        if (is_off(n))
+            cfg->has_admin = false;
+        else
+            ok = rd_addr(L, n, kl, "admin", &cfg->admin);
+        diag_where(L->d, &cfg->admin, kl, !ok);
+    }
+    if ((n = get(root, "access_log", &kl))) {
+        bool ok = true;
+        if (!is_off(n))
+            ok = rd_str(L, n, kl, "access_log", "\"-\" (stdout), a file path or off",
+                        &cfg->access_log);
+        diag_where(L->d, &cfg->access_log, kl, !ok);
+    }
+    if ((n = get(root, "limits", &kl)))
+        load_limits(L, n, kl);
+    if ((n = get(root, "timeouts", &kl)))
+        load_timeouts(L, n, kl);
+    if ((n = get(root, "clusters", &kl))) {
+        if (n->type == N_SEQ && n->n) {
+            cfg->clusters = calloc(n->n, sizeof(*cfg->clusters));
+            if (!cfg->clusters) {
+                L->d->oom = true;
+                return true;
+            }
+            cfg->num_clusters = n->n;
+            for (size_t i = 0; i < n->n; i++)
+                load_cluster(L, &n->kids[i], i);
+        } else if (!(n->type == N_SEQ || is_null(n))) {
+            wrong(L, n, kl, "clusters", "a list of clusters");
+        }
+    }
+    if ((n = get(root, "routes", &kl))) {
+        if (n->type == N_SEQ && n->n) {
+            cfg->routes = calloc(n->n, sizeof(*cfg->routes));
+            if (!cfg->routes) {
+                L->d->oom = true;
+                return true;
+            }
+            cfg->num_routes = n->n;
+            for (size_t i = 0; i < n->n; i++)
+                load_route(L, &n->kids[i], i);
+        } else if (!(n->type == N_SEQ || is_null(n))) {
+            wrong(L, n, kl, "routes", "a list of routes");
+        }
+    }
+    return true;
+}
+
+int polis__config_load_string(const char *yaml, size_t len, const char *name,
+                              struct polis_config **out, struct polis_config_errors *errs)
+{
+    struct diag d;
+    struct node root = {.type = N_SEQ};
+    struct polis_config *cfg;
+
+    if (errs) {
+        errs->msgs = NULL;
+        errs->count = 0;
+    }
+    if (out)
+        *out = NULL;
+    name = name ? name : "config";
+    diag_init(&d, name);
+    cfg = calloc(1, sizeof(*cfg));
+    if (!cfg)
+        return POLIS_ENOMEM;
+    polis__config_defaults(cfg);
+    cfg->source = strdup(name);
+    if (!cfg->source)
+        d.oom = true;
+
+    struct ld L = {&d, cfg, 0};
+    if (!yaml && len)
+        diag_add(&d, 0, "no text; expected YAML");
+    else if (build_tree(&L, yaml ? yaml : "", len, &root)) {
+        if (root.n == 0)
+            diag_add(&d, 0, "empty configuration; expected a mapping with at least listen");
+        else if (load_root(&L, &root.kids[0]))
+            config_validate_diag(cfg, &d);
+    }
+    node_free(&root);
+
+    bool bad = d.n > 0 || d.dropped > 0;
+    int rc = diag_finish(&d, errs);
+    if (rc < 0 || bad || !out) {
+        polis__config_free(cfg);
+        return rc < 0 ? rc : bad ? POLIS_EINVAL : 0;
+    }
+    *out = cfg;
+    return 0;
+}
+
+/* Report a file that cannot be read, with the reason. */
+static int file_error(const char *path, const char *what, int err, struct polis_config_errors *errs)
+{
+    struct diag d;
+    diag_init(&d, path);
+    diag_add(&d, 0, "%s: %s; expected a readable YAML file", what, strerror(err));
+    int rc = diag_finish(&d, errs);
+    return rc < 0 ? rc : POLIS_ESYS;
+}
+
+int polis__config_load_file(const char *path, struct polis_config **out,
+                            struct polis_config_errors *errs)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    int rc, fd;
+    struct stat st;
+
+    if (errs) {
+        errs->msgs = NULL;
+        errs->count = 0;
+    }
+    if (out)
+        *out = NULL;
+    if (!path)
+        return POLIS_EINVAL;
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return file_error(path, "cannot open", errno, errs);
+    if (fstat(fd, &st) < 0) {
+        rc = file_error(path, "cannot stat", errno, errs);
+        goto out_close;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        rc = file_error(path, "cannot read", EISDIR, errs);
+        goto out_close;
+    }
+    buf = malloc(MAX_FILE + 1);
+    if (!buf) {
+        rc = POLIS_ENOMEM;
+        goto out_close;
+    }
+    for (;;) {
+        ssize_t n = read(fd, buf + len, MAX_FILE + 1 - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            rc = file_error(path, "cannot read", errno, errs);
+            goto out_free;
+        }
+        if (n == 0)
+            break;
+        len += (size_t)n;
+        if (len > MAX_FILE) {
+            struct diag d;
+            diag_init(&d, path);
+            diag_add(&d, 0, "file larger than %u MiB; expected a smaller configuration",
+                     MAX_FILE >> 20);
+            rc = diag_finish(&d, errs);
+            rc = rc < 0 ? rc : POLIS_EINVAL;
+            goto out_free;
+        }
+    }
+    rc = polis__config_load_string(buf, len, path, out, errs);
+out_free:
+    free(buf);
+out_close:
+    close(fd);
+    return rc;
+}

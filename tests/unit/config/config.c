@@ -1,0 +1,1061 @@
+/* Unit tests of lib/config/config.c: the YAML loader, its file:line errors, validation of
+ * configurations built in code, addresses, and the example files of the documentation. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "config/config.h"
+
+#include <arpa/inet.h>
+#include <glob.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+/* A valid start for snippets that test one thing further down (line 1). */
+#define LISTEN "listen: \":8080\"\n"
+#define CLUSTER "clusters:\n  - name: users\n    instances: [\"127.0.0.1:9001\"]\n"
+
+static int load(const char *yaml, struct polis_config **cfg, struct polis_config_errors *e)
+{
+    return polis__config_load_string(yaml, strlen(yaml), "t.yaml", cfg, e);
+}
+
+static void dump(const struct polis_config_errors *e)
+{
+    for (size_t i = 0; i < e->count; i++)
+        print_message("  got: %s\n", e->msgs[i]);
+}
+
+static bool has_msg(const struct polis_config_errors *e, const char *want)
+{
+    for (size_t i = 0; i < e->count; i++) {
+        if (strcmp(e->msgs[i], want) == 0)
+            return true;
+    }
+    return false;
+}
+
+/* Load yaml, which must fail, and find the exact message want among the errors. */
+static void expect_error(const char *yaml, const char *want)
+{
+    struct polis_config *cfg = (struct polis_config *)1;
+    struct polis_config_errors e = {0};
+    int rc = load(yaml, &cfg, &e);
+    if (rc != POLIS_EINVAL || cfg != NULL || !has_msg(&e, want)) {
+        print_message("yaml:\n%s\nwanted: %s\n", yaml, want);
+        dump(&e);
+        polis__config_errors_free(&e);
+        fail_msg("rc %d", rc);
+    }
+    polis__config_errors_free(&e);
+}
+
+/* Load yaml, which must fail, with exactly one error that starts with prefix and holds part. */
+static void expect_one(const char *yaml, const char *prefix, const char *part)
+{
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    int rc = load(yaml, &cfg, &e);
+    if (rc != POLIS_EINVAL || cfg || e.count != 1 || strncmp(e.msgs[0], prefix, strlen(prefix)) ||
+        !strstr(e.msgs[0], part)) {
+        print_message("yaml:\n%s\nwanted one error: %s...%s\n", yaml, prefix, part);
+        dump(&e);
+        polis__config_errors_free(&e);
+        polis__config_free(cfg);
+        fail_msg("rc %d", rc);
+    }
+    polis__config_errors_free(&e);
+}
+
+static struct polis_config *expect_ok(const char *yaml)
+{
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    int rc = load(yaml, &cfg, &e);
+    if (rc != 0 || !cfg || e.count) {
+        print_message("yaml:\n%s\n", yaml);
+        dump(&e);
+        polis__config_errors_free(&e);
+        fail_msg("rc %d", rc);
+    }
+    return cfg;
+}
+
+/* ---- Good configurations ----------------------------------------------------------------- */
+
+static void test_defaults(void **state)
+{
+    struct polis_config cfg;
+    polis__config_defaults(&cfg);
+    assert_int_equal(cfg.workers, 0);
+    assert_int_equal(cfg.listen.len, 0);
+    assert_true(cfg.has_admin);
+    assert_string_equal(cfg.admin.text, "127.0.0.1:9901");
+    assert_int_equal(cfg.admin.ss.ss_family, AF_INET);
+    assert_int_equal(ntohs(((struct sockaddr_in *)&cfg.admin.ss)->sin_port), 9901);
+    assert_null(cfg.access_log);
+    assert_int_equal(cfg.limits.max_request_line, 8192);
+    assert_int_equal(cfg.limits.max_header_bytes, 32768);
+    assert_int_equal(cfg.limits.max_headers, 100);
+    assert_int_equal(cfg.limits.max_body, 64u << 20);
+    assert_int_equal(cfg.limits.max_connections, 100000);
+    assert_int_equal(cfg.timeouts.header_read_ms, 10000);
+    assert_int_equal(cfg.timeouts.body_read_ms, 30000);
+    assert_int_equal(cfg.timeouts.idle_ms, 60000);
+    assert_int_equal(cfg.timeouts.request_ms, 0);
+    assert_int_equal(cfg.timeouts.drain_ms, 30000);
+    assert_int_equal(cfg.num_clusters, 0);
+    assert_int_equal(cfg.num_routes, 0);
+}
+
+static void test_minimal_defaults(void **state)
+{
+    struct polis_config *cfg = expect_ok(LISTEN CLUSTER "routes:\n  - cluster: users\n");
+    assert_string_equal(cfg->source, "t.yaml");
+    assert_string_equal(cfg->listen.text, "0.0.0.0:8080");
+    assert_true(cfg->has_admin);
+    assert_string_equal(cfg->admin.text, "127.0.0.1:9901");
+    assert_null(cfg->access_log);
+    assert_int_equal(cfg->limits.max_body, 64u << 20);
+    assert_int_equal(cfg->timeouts.idle_ms, 60000);
+    assert_int_equal(cfg->num_clusters, 1);
+    const struct polis_cluster_cfg *c = &cfg->clusters[0];
+    assert_int_equal(c->lb, POLIS_LB_ROUND_ROBIN);
+    assert_null(c->hash_key);
+    assert_int_equal(c->keepalive, 64);
+    assert_int_equal(c->connect_timeout_ms, 2000);
+    assert_int_equal(c->timeout_ms, 30000);
+    assert_int_equal(c->num_instances, 1);
+    assert_int_equal(c->instances[0].weight, 1);
+    assert_int_equal(c->line, 3);
+    assert_int_equal(cfg->num_routes, 1);
+    const struct polis_route_cfg *r = &cfg->routes[0];
+    assert_string_equal(r->name, "route-0");
+    assert_null(r->host);
+    assert_int_equal(r->path_kind, POLIS_PATH_ANY);
+    assert_null(r->path);
+    assert_null(r->methods);
+    assert_int_equal(r->num_headers, 0);
+    assert_string_equal(r->cluster, "users");
+    assert_int_equal(r->cluster_index, 0);
+    assert_false(r->strip_prefix);
+    assert_null(r->rewrite);
+    assert_int_equal(r->max_body, 0);
+    assert_int_equal(r->timeout_ms, 0);
+    assert_int_equal(r->request_headers.num_add + r->request_headers.num_remove, 0);
+    assert_int_equal(r->line, 6);
+    polis__config_free(cfg);
+}
+
+static const char FULL[] = "workers: 3\n"                                            /* 1 */
+                           "listen: \"127.0.0.1:8081\"\n"                            /* 2 */
+                           "admin: \"[::1]:9902\"\n"                                 /* 3 */
+                           "access_log: /var/log/polis.log\n"                        /* 4 */
+                           "limits:\n"                                               /* 5 */
+                           "  max_request_line: 4k\n"                                /* 6 */
+                           "  max_header_bytes: 16KiB\n"                             /* 7 */
+                           "  max_headers: 50\n"                                     /* 8 */
+                           "  max_body: 10MB\n"                                      /* 9 */
+                           "  max_connections: 5000\n"                               /* 10 */
+                           "timeouts:\n"                                             /* 11 */
+                           "  header_read: 5s\n"                                     /* 12 */
+                           "  body_read: 1500\n"                                     /* 13 */
+                           "  idle: 2m\n"                                            /* 14 */
+                           "  request: 1h\n"                                         /* 15 */
+                           "  drain: 0\n"                                            /* 16 */
+                           "clusters:\n"                                             /* 17 */
+                           "  - name: users\n"                                       /* 18 */
+                           "    balance: hash\n"                                     /* 19 */
+                           "    hash_on: \"header:X-User-Id\"\n"                     /* 20 */
+                           "    keepalive: 10\n"                                     /* 21 */
+                           "    connect_timeout: 250ms\n"                            /* 22 */
+                           "    timeout: 7s\n"                                       /* 23 */
+                           "    instances:\n"                                        /* 24 */
+                           "      - \"127.0.0.1:9001\"\n"                            /* 25 */
+                           "      - address: \"[::1]:9002\"\n"                       /* 26 */
+                           "        weight: 3\n"                                     /* 27 */
+                           "  - name: orders.v2_x-y\n"                               /* 28 */
+                           "    balance: least_request\n"                            /* 29 */
+                           "    instances: [\"127.0.0.1:9003\"]\n"                   /* 30 */
+                           "  - name: s\n"                                           /* 31 */
+                           "    balance: hash\n"                                     /* 32 */
+                           "    hash_on: cookie:session\n"                           /* 33 */
+                           "    instances: [\"127.0.0.1:9004\"]\n"                   /* 34 */
+                           "  - name: w\n"                                           /* 35 */
+                           "    balance: weighted\n"                                 /* 36 */
+                           "    instances: [\"127.0.0.1:9005\"]\n"                   /* 37 */
+                           "  - name: ip\n"                                          /* 38 */
+                           "    balance: hash\n"                                     /* 39 */
+                           "    hash_on: client_ip\n"                                /* 40 */
+                           "    instances: [\"127.0.0.1:9006\"]\n"                   /* 41 */
+                           "routes:\n"                                               /* 42 */
+                           "  - name: user-detail\n"                                 /* 43 */
+                           "    match:\n"                                            /* 44 */
+                           "      host: \"api.example.com\"\n"                       /* 45 */
+                           "      path: \"/users/{id}/x\"\n"                         /* 46 */
+                           "      methods: [GET, HEAD]\n"                            /* 47 */
+                           "      headers:\n"                                        /* 48 */
+                           "        X-Canary: \"1\"\n"                               /* 49 */
+                           "        X-Debug: true\n"                                 /* 50 */
+                           "        X-Str: \"true\"\n"                               /* 51 */
+                           "    cluster: users\n"                                    /* 52 */
+                           "    rewrite: \"/v2/\"\n"                                 /* 53 */
+                           "    max_body: 1MiB\n"                                    /* 54 */
+                           "    timeout: 5s\n"                                       /* 55 */
+                           "    request_headers:\n"                                  /* 56 */
+                           "      add: { X-Gateway: polis, X-Two: \"a b\" }\n"       /* 57 */
+                           "      remove: [X-Internal]\n"                            /* 58 */
+                           "    response_headers:\n"                                 /* 59 */
+                           "      add: { X-Served-By: polis }\n"                     /* 60 */
+                           "      remove: [Server, X-Powered-By]\n"                  /* 61 */
+                           "  - match: { host: \"*.example.com\", prefix: /api/ }\n" /* 62 */
+                           "    cluster: orders.v2_x-y\n"                            /* 63 */
+                           "    strip_prefix: true\n"                                /* 64 */
+                           "  - match: { path: /exact }\n"                           /* 65 */
+                           "    cluster: ip\n";                                      /* 66 */
+
+static void test_full(void **state)
+{
+    struct polis_config *cfg = expect_ok(FULL);
+    assert_int_equal(cfg->workers, 3);
+    assert_string_equal(cfg->listen.text, "127.0.0.1:8081");
+    assert_int_equal(cfg->listen.len, sizeof(struct sockaddr_in));
+    assert_true(cfg->has_admin);
+    assert_string_equal(cfg->admin.text, "[::1]:9902");
+    assert_int_equal(cfg->admin.ss.ss_family, AF_INET6);
+    assert_int_equal(cfg->admin.len, sizeof(struct sockaddr_in6));
+    assert_string_equal(cfg->access_log, "/var/log/polis.log");
+    assert_int_equal(cfg->limits.max_request_line, 4096);
+    assert_int_equal(cfg->limits.max_header_bytes, 16384);
+    assert_int_equal(cfg->limits.max_headers, 50);
+    assert_int_equal(cfg->limits.max_body, 10000000);
+    assert_int_equal(cfg->limits.max_connections, 5000);
+    assert_int_equal(cfg->timeouts.header_read_ms, 5000);
+    assert_int_equal(cfg->timeouts.body_read_ms, 1500);
+    assert_int_equal(cfg->timeouts.idle_ms, 120000);
+    assert_int_equal(cfg->timeouts.request_ms, 3600000);
+    assert_int_equal(cfg->timeouts.drain_ms, 0);
+
+    assert_int_equal(cfg->num_clusters, 5);
+    const struct polis_cluster_cfg *c = &cfg->clusters[0];
+    assert_string_equal(c->name, "users");
+    assert_int_equal(c->lb, POLIS_LB_HASH);
+    assert_int_equal(c->hash_on, POLIS_HASH_HEADER);
+    assert_string_equal(c->hash_key, "X-User-Id");
+    assert_int_equal(c->keepalive, 10);
+    assert_int_equal(c->connect_timeout_ms, 250);
+    assert_int_equal(c->timeout_ms, 7000);
+    assert_int_equal(c->line, 18);
+    assert_int_equal(c->num_instances, 2);
+    assert_string_equal(c->instances[0].addr.text, "127.0.0.1:9001");
+    assert_int_equal(c->instances[0].weight, 1);
+    assert_string_equal(c->instances[1].addr.text, "[::1]:9002");
+    assert_int_equal(c->instances[1].weight, 3);
+    const struct sockaddr_in6 *s6 = (const void *)&c->instances[1].addr.ss;
+    assert_int_equal(s6->sin6_family, AF_INET6);
+    assert_int_equal(ntohs(s6->sin6_port), 9002);
+    assert_string_equal(cfg->clusters[1].name, "orders.v2_x-y");
+    assert_int_equal(cfg->clusters[1].lb, POLIS_LB_LEAST_REQUEST);
+    assert_int_equal(cfg->clusters[2].lb, POLIS_LB_HASH);
+    assert_int_equal(cfg->clusters[2].hash_on, POLIS_HASH_COOKIE);
+    assert_string_equal(cfg->clusters[2].hash_key, "session");
+    assert_int_equal(cfg->clusters[3].lb, POLIS_LB_WEIGHTED);
+    assert_int_equal(cfg->clusters[4].hash_on, POLIS_HASH_CLIENT_IP);
+    assert_null(cfg->clusters[4].hash_key);
+
+    assert_int_equal(cfg->num_routes, 3);
+    const struct polis_route_cfg *r = &cfg->routes[0];
+    assert_string_equal(r->name, "user-detail");
+    assert_int_equal(r->line, 43);
+    assert_string_equal(r->host, "api.example.com");
+    assert_int_equal(r->path_kind, POLIS_PATH_PATTERN);
+    assert_string_equal(r->path, "/users/{id}/x");
+    assert_int_equal(r->num_methods, 2);
+    assert_string_equal(r->methods[0], "GET");
+    assert_string_equal(r->methods[1], "HEAD");
+    assert_int_equal(r->num_headers, 3);
+    assert_string_equal(r->headers[0].name, "X-Canary");
+    assert_string_equal(r->headers[0].value, "1");
+    assert_string_equal(r->headers[1].name, "X-Debug");
+    assert_null(r->headers[1].value);
+    assert_string_equal(r->headers[2].name, "X-Str");
+    assert_string_equal(r->headers[2].value, "true");
+    assert_string_equal(r->cluster, "users");
+    assert_int_equal(r->cluster_index, 0);
+    assert_false(r->strip_prefix);
+    assert_string_equal(r->rewrite, "/v2/");
+    assert_int_equal(r->max_body, 1u << 20);
+    assert_int_equal(r->timeout_ms, 5000);
+    assert_int_equal(r->request_headers.num_add, 2);
+    assert_string_equal(r->request_headers.add[0].name, "X-Gateway");
+    assert_string_equal(r->request_headers.add[0].value, "polis");
+    assert_string_equal(r->request_headers.add[1].name, "X-Two");
+    assert_string_equal(r->request_headers.add[1].value, "a b");
+    assert_int_equal(r->request_headers.num_remove, 1);
+    assert_string_equal(r->request_headers.remove[0], "X-Internal");
+    assert_int_equal(r->response_headers.num_add, 1);
+    assert_string_equal(r->response_headers.add[0].name, "X-Served-By");
+    assert_string_equal(r->response_headers.add[0].value, "polis");
+    assert_int_equal(r->response_headers.num_remove, 2);
+    assert_string_equal(r->response_headers.remove[1], "X-Powered-By");
+
+    r = &cfg->routes[1];
+    assert_string_equal(r->name, "route-1");
+    assert_string_equal(r->host, "*.example.com");
+    assert_int_equal(r->path_kind, POLIS_PATH_PREFIX);
+    assert_string_equal(r->path, "/api/");
+    assert_true(r->strip_prefix);
+    assert_int_equal(r->cluster_index, 1);
+    assert_int_equal(r->num_methods, 0);
+    r = &cfg->routes[2];
+    assert_int_equal(r->path_kind, POLIS_PATH_EXACT);
+    assert_string_equal(r->path, "/exact");
+    assert_int_equal(r->cluster_index, 4);
+    polis__config_free(cfg);
+}
+
+static void test_admin_access_log_off(void **state)
+{
+    struct polis_config *cfg = expect_ok(LISTEN "admin: off\naccess_log: off\n");
+    assert_false(cfg->has_admin);
+    assert_null(cfg->access_log);
+    polis__config_free(cfg);
+    cfg = expect_ok(LISTEN "access_log: \"-\"\nworkers: 0\n");
+    assert_string_equal(cfg->access_log, "-");
+    assert_true(cfg->has_admin);
+    polis__config_free(cfg);
+    /* No clusters or routes at all is a valid (if useless) gateway. */
+    cfg = expect_ok(LISTEN "clusters: []\nroutes: []\n");
+    assert_int_equal(cfg->num_clusters + cfg->num_routes, 0);
+    polis__config_free(cfg);
+}
+
+/* ---- Errors, one rule each ---------------------------------------------------------------- */
+
+static void test_spec_unknown_cluster(void **state)
+{
+    expect_error(LISTEN "clusters:\n"
+                        "  - name: users\n"
+                        "    instances: [\"127.0.0.1:1\"]\n"
+                        "  - name: orders\n"
+                        "    instances: [\"127.0.0.1:2\"]\n"
+                        "routes:\n"
+                        "  - cluster: users\n"
+                        "  - match: { prefix: / }\n"
+                        "    cluster: userz\n",
+                 "t.yaml:10: routes[1].cluster: unknown cluster 'userz'; expected one of: users, "
+                 "orders");
+    expect_error(LISTEN "routes:\n  - cluster: nope\n",
+                 "t.yaml:3: routes[0].cluster: unknown cluster 'nope'; expected the name of a "
+                 "cluster under clusters (none is defined)");
+    expect_error(LISTEN CLUSTER "routes:\n  - match: { prefix: / }\n",
+                 "t.yaml:6: routes[0]: no cluster; expected cluster: <name of a cluster>");
+}
+
+static void test_unknown_keys(void **state)
+{
+    expect_error(LISTEN "listn: \":80\"\n",
+                 "t.yaml:2: unknown key 'listn'; expected one of: workers, listen, admin, "
+                 "access_log, limits, timeouts, clusters, routes");
+    expect_error(LISTEN "limits:\n  max_bdy: 1\n",
+                 "t.yaml:3: limits: unknown key 'max_bdy'; expected one of: max_request_line, "
+                 "max_header_bytes, max_headers, max_body, max_connections");
+    expect_error(LISTEN "timeouts: { iddle: 5s }\n",
+                 "t.yaml:2: timeouts: unknown key 'iddle'; expected one of: header_read, "
+                 "body_read, idle, request, drain");
+    expect_error(LISTEN CLUSTER "    weight: 2\n",
+                 "t.yaml:5: clusters[0]: unknown key 'weight'; expected one of: name, balance, "
+                 "hash_on, keepalive, instances, connect_timeout, timeout");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { hots: a }\n",
+                 "t.yaml:7: routes[0].match: unknown key 'hots'; expected one of: host, path, "
+                 "prefix, methods, headers");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    clster: users\n",
+                 "t.yaml:7: routes[0]: unknown key 'clster'; expected one of: name, match, "
+                 "cluster, strip_prefix, rewrite, max_body, timeout, request_headers, "
+                 "response_headers");
+    expect_error(LISTEN CLUSTER
+                 "routes:\n  - cluster: users\n    request_headers: { ad: { A: b } }\n",
+                 "t.yaml:7: routes[0].request_headers: unknown key 'ad'; expected one of: add, "
+                 "remove");
+    expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n      - { address: "
+                        "\"127.0.0.1:1\", wieght: 2 }\n",
+                 "t.yaml:5: clusters[0].instances[0]: unknown key 'wieght'; expected one of: "
+                 "address, weight");
+}
+
+static void test_wrong_types(void **state)
+{
+    expect_error("listen: [1, 2]\n", "t.yaml:1: listen: found a list; expected an address like "
+                                     "0.0.0.0:8080, [::1]:8080, :8080 or localhost:8080");
+    expect_error(LISTEN "limits: 5\n", "t.yaml:2: limits: found '5'; expected a mapping of limits");
+    expect_error(LISTEN "workers: two\n",
+                 "t.yaml:2: workers: found 'two'; expected an integer in 0..256");
+    expect_error(LISTEN "workers: -1\n",
+                 "t.yaml:2: workers: found '-1'; expected an integer in 0..256");
+    expect_error(LISTEN "clusters: { name: a }\n",
+                 "t.yaml:2: clusters: found a mapping; expected a list of clusters");
+    expect_error(LISTEN "routes: x\n", "t.yaml:2: routes: found 'x'; expected a list of routes");
+    expect_error(LISTEN "clusters:\n  - users\n",
+                 "t.yaml:3: clusters[0]: found 'users'; expected a mapping with name and "
+                 "instances");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    strip_prefix: yes\n",
+                 "t.yaml:7: routes[0].strip_prefix: found 'yes'; expected true or false");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: { a: 1 }\n",
+                 "t.yaml:6: routes[0].cluster: found a mapping; expected a cluster name");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { methods: GET }\n",
+                 "t.yaml:7: routes[0].match.methods: found 'GET'; expected a non-empty list of "
+                 "methods like [GET, HEAD]");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { methods: [] }\n",
+                 "t.yaml:7: routes[0].match.methods: found a list; expected a non-empty list of "
+                 "methods like [GET, HEAD]");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match:\n      headers:\n"
+                                "        X-A: false\n",
+                 "t.yaml:9: routes[0].match.headers.X-A: found 'false'; expected a string value, "
+                 "or true for presence only");
+    expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n      - [1]\n",
+                 "t.yaml:5: clusters[0].instances[0]: found a list; expected an address string, "
+                 "or a mapping with address and weight");
+    expect_error("listen:\n", "t.yaml:1: listen: found nothing; expected an address like "
+                              "0.0.0.0:8080, [::1]:8080, :8080 or localhost:8080");
+    expect_error("- a\n", "t.yaml:1: found a list; expected a mapping of settings (listen, "
+                          "clusters, routes, ...)");
+    /* A NUL byte inside a quoted value is refused, not cut short. */
+    expect_error(LISTEN "access_log: \"/tmp/a\\0b\"\n",
+                 "t.yaml:2: access_log: found '/tmp/a\\x00b'; expected \"-\" (stdout), a file "
+                 "path or off");
+}
+
+static void test_ranges(void **state)
+{
+    expect_error(LISTEN "workers: 257\n",
+                 "t.yaml:2: workers: found '257', out of range; expected 0..256");
+    expect_error(LISTEN "workers: 99999999999999999999999\n",
+                 "t.yaml:2: workers: found '99999999999999999999999'; expected an integer in "
+                 "0..256");
+    expect_error(LISTEN "limits:\n  max_request_line: 255\n",
+                 "t.yaml:3: limits.max_request_line: found '255', out of range; expected "
+                 "256B..1MiB");
+    expect_error(LISTEN "limits:\n  max_header_bytes: 2MiB\n",
+                 "t.yaml:3: limits.max_header_bytes: found '2MiB', out of range; expected "
+                 "1KiB..1MiB");
+    expect_error(LISTEN "limits:\n  max_request_line: 64KiB\n  max_header_bytes: 32KiB\n",
+                 "t.yaml:3: limits.max_request_line: 64KiB is larger than max_header_bytes "
+                 "32KiB; expected at most max_header_bytes (the request line is part of the "
+                 "head)");
+    expect_error(LISTEN "limits:\n  max_headers: 0\n",
+                 "t.yaml:3: limits.max_headers: found '0', out of range; expected 1..1000");
+    expect_error(LISTEN "limits:\n  max_headers: 1001\n",
+                 "t.yaml:3: limits.max_headers: found '1001', out of range; expected 1..1000");
+    expect_error(LISTEN "limits:\n  max_body: 0\n",
+                 "t.yaml:3: limits.max_body: found '0', out of range; expected 1B..1024TiB");
+    expect_error(LISTEN "limits:\n  max_body: 1025TiB\n",
+                 "t.yaml:3: limits.max_body: found '1025TiB', out of range; expected "
+                 "1B..1024TiB");
+    expect_error(LISTEN "limits:\n  max_connections: 0\n",
+                 "t.yaml:3: limits.max_connections: found '0', out of range; expected "
+                 "1..10000000");
+    expect_error(LISTEN "timeouts:\n  idle: 0\n",
+                 "t.yaml:3: timeouts.idle: found '0', out of range; expected 1ms..24h");
+    expect_error(LISTEN "timeouts:\n  drain: 25h\n",
+                 "t.yaml:3: timeouts.drain: found '25h', out of range; expected 0..24h");
+    expect_error(LISTEN "clusters:\n  - name: a\n    keepalive: 10001\n    instances: "
+                        "[\":1\"]\n",
+                 "t.yaml:4: clusters[0].keepalive: found '10001', out of range; expected "
+                 "0..10000");
+    expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n      - address: \":1\"\n"
+                        "        weight: 10001\n",
+                 "t.yaml:6: clusters[0].instances[0].weight: found '10001', out of range; "
+                 "expected 1..10000");
+    expect_error(LISTEN "clusters:\n  - name: a\n    connect_timeout: 0\n    instances: "
+                        "[\":1\"]\n",
+                 "t.yaml:4: clusters[0].connect_timeout: found '0', out of range; expected "
+                 "1ms..24h");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    timeout: 1441m\n",
+                 "t.yaml:7: routes[0].timeout: found '1441m', out of range; expected 0..24h");
+}
+
+static void test_bad_durations_sizes(void **state)
+{
+    expect_error(LISTEN "timeouts:\n  idle: 5 s\n",
+                 "t.yaml:3: timeouts.idle: found '5 s'; expected a duration like 500ms, 5s, 2m "
+                 "or 1h (a bare number is ms) in 1ms..24h");
+    expect_one(LISTEN "timeouts:\n  idle: 5sec\n", "t.yaml:3: timeouts.idle: found '5sec'",
+               "expected a duration");
+    expect_one(LISTEN "timeouts:\n  idle: -5s\n", "t.yaml:3: timeouts.idle: found '-5s'",
+               "expected a duration");
+    expect_one(LISTEN "timeouts:\n  idle: \"\"\n", "t.yaml:3: timeouts.idle: found ''",
+               "expected a duration");
+    expect_one(LISTEN "timeouts:\n  idle: 250us\n", "t.yaml:3: timeouts.idle: found '250us'",
+               "expected a duration");
+    expect_one(LISTEN "timeouts:\n  idle: 99999999999999999999h\n",
+               "t.yaml:3: timeouts.idle: found '99999999999999999999h'", "expected a duration");
+    expect_error(LISTEN "limits:\n  max_body: 1 MiB\n",
+                 "t.yaml:3: limits.max_body: found '1 MiB'; expected a size like 512, 64KiB, "
+                 "1MiB or 10MB in 1B..1024TiB");
+    expect_one(LISTEN "limits:\n  max_body: 1mib\n", "t.yaml:3: limits.max_body: found '1mib'",
+               "expected a size");
+    expect_one(LISTEN "limits:\n  max_body: 99999999999999999999\n",
+               "t.yaml:3: limits.max_body: found '99999999999999999999'", "expected a size");
+}
+
+static void test_bad_addresses(void **state)
+{
+    static const char *const bad[] = {
+        "8080",   "127.0.0.1",    "127.0.0.1:",      "127.0.0.1:x", "127.0.0.1:65536",
+        "::1:80", "[::1]",        "[::1]80",         "[nope]:80",   "1.2.3.4.5:80",
+        "a b:80", "127.0.0.1:-1", "127.0.0.1:123456"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char yaml[128], want[256];
+        snprintf(yaml, sizeof(yaml), "listen: \"%s\"\n", bad[i]);
+        snprintf(want, sizeof(want),
+                 "t.yaml:1: listen: found '%s'; expected an address like 0.0.0.0:8080, "
+                 "[::1]:8080, :8080 or localhost:8080",
+                 bad[i]);
+        expect_error(yaml, want);
+    }
+    expect_error(LISTEN "admin: \"nowhere\"\n",
+                 "t.yaml:2: admin: found 'nowhere'; expected an address like 0.0.0.0:8080, "
+                 "[::1]:8080, :8080 or localhost:8080");
+    expect_error(LISTEN "admin: \"0.0.0.0:8080\"\n",
+                 "t.yaml:2: admin: 0.0.0.0:8080 collides with listen 0.0.0.0:8080; expected "
+                 "another port, or admin: off");
+    expect_error("listen: \"127.0.0.1:9901\"\n",
+                 "t.yaml: admin: 127.0.0.1:9901 collides with listen 127.0.0.1:9901; expected "
+                 "another port, or admin: off");
+}
+
+static void test_addr_parse(void **state)
+{
+    struct polis_addr a;
+    assert_int_equal(polis__addr_parse("127.0.0.1:80", &a), 0);
+    assert_string_equal(a.text, "127.0.0.1:80");
+    assert_int_equal(a.len, sizeof(struct sockaddr_in));
+    const struct sockaddr_in *sin = (const void *)&a.ss;
+    assert_int_equal(sin->sin_family, AF_INET);
+    assert_int_equal(ntohs(sin->sin_port), 80);
+    assert_int_equal(ntohl(sin->sin_addr.s_addr), 0x7f000001);
+
+    assert_int_equal(polis__addr_parse(":8080", &a), 0);
+    assert_string_equal(a.text, "0.0.0.0:8080");
+    assert_int_equal(((const struct sockaddr_in *)&a.ss)->sin_addr.s_addr, INADDR_ANY);
+
+    assert_int_equal(polis__addr_parse("[::1]:80", &a), 0);
+    assert_string_equal(a.text, "[::1]:80");
+    assert_int_equal(a.len, sizeof(struct sockaddr_in6));
+    assert_int_equal(ntohs(((const struct sockaddr_in6 *)&a.ss)->sin6_port), 80);
+
+    assert_int_equal(polis__addr_parse("[2001:DB8::0001]:0", &a), 0);
+    assert_string_equal(a.text, "[2001:db8::1]:0");
+    assert_int_equal(polis__addr_parse("0.0.0.0:65535", &a), 0);
+    assert_string_equal(a.text, "0.0.0.0:65535");
+
+    /* A name is resolved once; localhost is a loopback address of either family. */
+    assert_int_equal(polis__addr_parse("localhost:8080", &a), 0);
+    assert_true(strcmp(a.text, "127.0.0.1:8080") == 0 || strcmp(a.text, "[::1]:8080") == 0);
+
+    assert_int_equal(polis__addr_parse("", &a), POLIS_EINVAL);
+    assert_int_equal(polis__addr_parse(":", &a), POLIS_EINVAL);
+    assert_int_equal(polis__addr_parse("1.2.3.4:+80", &a), POLIS_EINVAL);
+    assert_int_equal(polis__addr_parse("[::1]:", &a), POLIS_EINVAL);
+    assert_int_equal(polis__addr_parse("[]:80", &a), POLIS_EINVAL);
+    assert_int_equal(polis__addr_parse("[127.0.0.1]:80", &a), POLIS_EINVAL);
+    assert_int_equal(polis__addr_parse("no-such-host.invalid:80", &a), POLIS_EINVAL);
+    assert_int_equal(polis__addr_parse(NULL, &a), POLIS_EINVAL);
+}
+
+static void test_duplicates(void **state)
+{
+    expect_error("listen: \":1\"\nlisten: \":2\"\n",
+                 "t.yaml:2: duplicate key 'listen' (first at line 1); expected each key once");
+    expect_error(LISTEN "limits:\n  max_headers: 5\n  max_headers: 6\n",
+                 "t.yaml:4: limits: duplicate key 'max_headers' (first at line 3); expected each "
+                 "key once");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match:\n      headers: { A: "
+                                "x, A: y }\n",
+                 "t.yaml:8: routes[0].match.headers: duplicate key 'A' (first at line 8); "
+                 "expected each key once");
+    expect_error(LISTEN CLUSTER "  - name: users\n    instances: [\":2\"]\n",
+                 "t.yaml:5: clusters[1].name: duplicate cluster name 'users' (first at line 3); "
+                 "expected a unique name");
+    expect_error(LISTEN CLUSTER "routes:\n  - name: a\n    cluster: users\n  - name: a\n"
+                                "    cluster: users\n",
+                 "t.yaml:8: routes[1].name: duplicate route name 'a' (first at line 6); "
+                 "expected a unique name");
+    /* A name equal to another route's default name is a duplicate too. */
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n  - name: route-0\n"
+                                "    cluster: users\n",
+                 "t.yaml:7: routes[1].name: duplicate route name 'route-0' (first at line 6); "
+                 "expected a unique name");
+}
+
+static void test_clusters(void **state)
+{
+    expect_error(LISTEN "clusters:\n  - name: a\n",
+                 "t.yaml:3: clusters[0]: no instances; expected instances: a list of at least "
+                 "one address like \"127.0.0.1:9001\"");
+    expect_error(LISTEN "clusters:\n  - name: a\n    instances: []\n",
+                 "t.yaml:4: clusters[0]: no instances; expected instances: a list of at least "
+                 "one address like \"127.0.0.1:9001\"");
+    expect_error(LISTEN "clusters:\n  - instances: [\":1\"]\n",
+                 "t.yaml:3: clusters[0]: no name; expected name: <[A-Za-z0-9_.-]+>");
+    expect_error(LISTEN "clusters:\n  - name: \"a b\"\n    instances: [\":1\"]\n",
+                 "t.yaml:3: clusters[0].name: found 'a b'; expected a name of letters, digits, "
+                 "'_', '.' or '-'");
+    expect_error(LISTEN "clusters:\n  - name: a\n    balance: random\n    instances: [\":1\"]\n",
+                 "t.yaml:4: clusters[0].balance: found 'random'; expected one of: round_robin, "
+                 "weighted, least_request, hash");
+    expect_error(LISTEN "clusters:\n  - name: a\n    balance: hash\n    instances: [\":1\"]\n",
+                 "t.yaml:4: clusters[0]: balance is hash but hash_on is missing; expected "
+                 "hash_on: header:<name>, cookie:<name> or client_ip");
+    expect_error(LISTEN "clusters:\n  - name: a\n    balance: hash\n    hash_on: ip\n"
+                        "    instances: [\":1\"]\n",
+                 "t.yaml:5: clusters[0].hash_on: found 'ip'; expected header:<name>, "
+                 "cookie:<name> or client_ip");
+    expect_error(LISTEN "clusters:\n  - name: a\n    balance: hash\n    hash_on: \"header:\"\n"
+                        "    instances: [\":1\"]\n",
+                 "t.yaml:5: clusters[0].hash_on: found 'header:'; expected header:<name>, "
+                 "cookie:<name> or client_ip");
+    expect_one(LISTEN "clusters:\n  - name: a\n    balance: hash\n    hash_on: \"header:X Y\"\n"
+                      "    instances: [\":1\"]\n",
+               "t.yaml:5: clusters[0].hash_on: header name 'X Y' is not a token", "expected");
+    expect_error(LISTEN "clusters:\n  - name: a\n    hash_on: client_ip\n    instances: "
+                        "[\":1\"]\n",
+                 "t.yaml:4: clusters[0].hash_on: set but balance is not hash; expected balance: "
+                 "hash or no hash_on");
+    expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n      - weight: 2\n",
+                 "t.yaml:5: clusters[0].instances[0]: no address; expected address: host:port");
+    expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n      - \"nope\"\n",
+                 "t.yaml:5: clusters[0].instances[0]: found 'nope'; expected an address like "
+                 "0.0.0.0:8080, [::1]:8080, :8080 or localhost:8080");
+}
+
+static void test_routes(void **state)
+{
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { path: /a }\n"
+                                "    strip_prefix: true\n",
+                 "t.yaml:8: routes[0].strip_prefix: set on a route without match.prefix; "
+                 "expected strip_prefix only with prefix");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    strip_prefix: true\n",
+                 "t.yaml:7: routes[0].strip_prefix: set on a route without match.prefix; "
+                 "expected strip_prefix only with prefix");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { path: /a, prefix: /b "
+                                "}\n",
+                 "t.yaml:7: routes[0].match: both path and prefix; expected only one of them");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { path: a }\n",
+                 "t.yaml:7: routes[0].match.path: 'a' does not start with '/'; expected a path "
+                 "starting with '/'");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { prefix: api }\n",
+                 "t.yaml:7: routes[0].match.prefix: 'api' does not start with '/'; expected a "
+                 "path starting with '/'");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { prefix: \"/{x}\" "
+                                "}\n",
+                 "t.yaml:7: routes[0].match.prefix: '/{x}' holds '{' or '}' (only path: may "
+                 "hold {name} parameters); expected a path starting with '/'");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    rewrite: v2\n",
+                 "t.yaml:7: routes[0].rewrite: 'v2' does not start with '/'; expected a path "
+                 "starting with '/'");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { prefix: /a }\n"
+                                "    strip_prefix: true\n    rewrite: /b\n",
+                 "t.yaml:9: routes[0].rewrite: set together with strip_prefix; expected one of "
+                 "them (rewrite already replaces the prefix)");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { host: \"a.com:80\" "
+                                "}\n",
+                 "t.yaml:7: routes[0].match.host: found 'a.com:80'; expected a host name like "
+                 "api.example.com or *.example.com (no port)");
+    expect_one(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { host: \"a.*.com\" }\n",
+               "t.yaml:7: routes[0].match.host: found 'a.*.com'", "expected a host name");
+    expect_one(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { host: \"*\" }\n",
+               "t.yaml:7: routes[0].match.host: found '*'", "expected a host name");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    name: \"my route\"\n",
+                 "t.yaml:7: routes[0].name: found 'my route'; expected a name of letters, "
+                 "digits, '_', '.' or '-'");
+}
+
+static void test_path_patterns(void **state)
+{
+    static const struct {
+        const char *path;
+        const char *why;
+    } bad[] = {
+        {"/users/{id}x", "has a {name} that is not a whole segment"},
+        {"/users/x{id}", "has a {name} that is not a whole segment"},
+        {"/users/{}", "has a {name} that is not a whole segment"},
+        {"/users/{id", "has a {name} that is not a whole segment"},
+        {"/users/id}", "has a {name} that is not a whole segment"},
+        {"/users/{a}{b}", "has a parameter name outside [A-Za-z0-9_]"},
+        {"/users/{a-b}", "has a parameter name outside [A-Za-z0-9_]"},
+        {"/users/{a}/{a}", "uses a parameter name twice"},
+        {"/a b", "holds a space or control character"},
+        {"/a?b", "holds '?' or '#'"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char yaml[256], want[512];
+        snprintf(yaml, sizeof(yaml),
+                 LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { path: \"%s\" }\n",
+                 bad[i].path);
+        snprintf(want, sizeof(want),
+                 "t.yaml:7: routes[0].match.path: '%s' %s; expected a path starting with '/'%s",
+                 bad[i].path, bad[i].why,
+                 strchr(bad[i].path, '{') || strchr(bad[i].path, '}')
+                     ? " whose {name} parameters are whole segments named [A-Za-z0-9_]"
+                     : "");
+        expect_error(yaml, want);
+    }
+    static const char *const good[] = {"/users/{id}", "/{a}/{b_2}/c", "/x/{Y9}/", "/", "/a/b"};
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char yaml[256];
+        snprintf(yaml, sizeof(yaml),
+                 LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { path: \"%s\" }\n",
+                 good[i]);
+        struct polis_config *cfg = expect_ok(yaml);
+        assert_string_equal(cfg->routes[0].path, good[i]);
+        assert_int_equal(cfg->routes[0].path_kind,
+                         strchr(good[i], '{') ? POLIS_PATH_PATTERN : POLIS_PATH_EXACT);
+        polis__config_free(cfg);
+    }
+}
+
+static void test_headers_tokens(void **state)
+{
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { methods: [GET, \"P "
+                                "T\"] }\n",
+                 "t.yaml:7: routes[0].match.methods[1]: found 'P T'; expected a method token "
+                 "like GET");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match:\n      headers: { "
+                                "\"X:Y\": \"1\" }\n",
+                 "t.yaml:8: routes[0].match.headers: header name 'X:Y' is not a token; expected "
+                 "letters, digits and !#$%&'*+-.^_`|~");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match:\n      headers: { "
+                                "X-A: \"1\\r\\nX-B: 2\" }\n",
+                 "t.yaml:8: routes[0].match.headers.X-A: value holds CR or LF; expected a value "
+                 "without CR or LF, or true");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    request_headers:\n"
+                                "      add: { X-A: \"a\\nb\" }\n",
+                 "t.yaml:8: routes[0].request_headers.add.X-A: value holds CR or LF; expected a "
+                 "value without CR or LF");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    response_headers:\n"
+                                "      add: { \"X A\": b }\n",
+                 "t.yaml:8: routes[0].response_headers.add: header name 'X A' is not a token; "
+                 "expected letters, digits and !#$%&'*+-.^_`|~");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    response_headers:\n"
+                                "      remove: [Server, \"\"]\n",
+                 "t.yaml:8: routes[0].response_headers.remove[1]: header name '' is not a "
+                 "token; expected letters, digits and !#$%&'*+-.^_`|~");
+    expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    request_headers:\n"
+                                "      add: { X-A: \"a\\0b\" }\n",
+                 "t.yaml:8: routes[0].request_headers.add.X-A: found 'a\\x00b'; expected a "
+                 "header value");
+}
+
+static void test_yaml_refusals(void **state)
+{
+    expect_error("base: &b { a: 1 }\n" LISTEN,
+                 "t.yaml:1: anchor '&b'; expected plain values (anchors and aliases are refused)");
+    expect_error(LISTEN "x: &a 1\ny: *a\n",
+                 "t.yaml:3: alias '*a'; expected plain values (anchors and aliases are refused)");
+    expect_error("listen: [\n", "t.yaml:2: YAML syntax error: did not find expected node content "
+                                "(while parsing a flow node at line 2); expected valid YAML");
+    expect_one("listen: \":80\"\n  bad: indent\n",
+               "t.yaml:2: YAML syntax error: did not find expected key (while parsing a block "
+               "mapping at line 1)",
+               "expected valid YAML");
+    expect_error(LISTEN "---\nlisten: \":81\"\n",
+                 "t.yaml:2: a second YAML document; expected a single document");
+    expect_error("", "t.yaml: empty configuration; expected a mapping with at least listen");
+    expect_error("# nothing\n",
+                 "t.yaml: empty configuration; expected a mapping with at least listen");
+    expect_error("clusters: []\n", "t.yaml: listen: missing; expected the address to accept "
+                                   "connections on, like listen: \"0.0.0.0:8080\"");
+    expect_one("listen: \"\xff\xfe\x41\"\n", "t.yaml:1: YAML syntax error:", "");
+
+    /* Billion laughs: refused at once instead of expanded. */
+    const char *laughs = "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"
+                         "b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\n"
+                         "c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+                         "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\n"
+                         "e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+                         "f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\n"
+                         "g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n"
+                         "h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]\n"
+                         "i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]\n" LISTEN;
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    assert_int_equal(load(laughs, &cfg, &e), POLIS_EINVAL);
+    assert_null(cfg);
+    assert_true(has_msg(&e, "t.yaml:1: anchor '&a'; expected plain values (anchors and aliases "
+                            "are refused)"));
+    assert_true(has_msg(&e, "t.yaml:2: alias '*a'; expected plain values (anchors and aliases "
+                            "are refused)"));
+    polis__config_errors_free(&e);
+
+    /* Deep nesting is cut off instead of recursing. */
+    char deep[512];
+    size_t o = 0;
+    o += (size_t)snprintf(deep, sizeof(deep), "listen: ");
+    for (int i = 0; i < 100; i++)
+        deep[o++] = '[';
+    for (int i = 0; i < 100; i++)
+        deep[o++] = ']';
+    deep[o++] = '\n';
+    deep[o] = 0;
+    expect_one(deep, "t.yaml:1: nesting deeper than 64 levels", "expected a flatter document");
+}
+
+/* Every error is reported, in line order, not only the first. */
+static void test_multiple_errors(void **state)
+{
+    const char *yaml = "workers: 999\n"             /* 1 */
+                       "listen: \"nope\"\n"         /* 2 */
+                       "limits:\n"                  /* 3 */
+                       "  max_headers: 0\n"         /* 4 */
+                       "timeouts: { idle: 5sec }\n" /* 5 */
+                       "clusters:\n"                /* 6 */
+                       "  - name: a\n"              /* 7 */
+                       "    balance: magic\n"       /* 8 */
+                       "routes:\n"                  /* 9 */
+                       "  - cluster: b\n"           /* 10 */
+                       "    extra: 1\n";            /* 11 */
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    assert_int_equal(load(yaml, &cfg, &e), POLIS_EINVAL);
+    assert_null(cfg);
+    const char *want[] = {
+        "t.yaml:1: workers: found '999', out of range; expected 0..256",
+        "t.yaml:2: listen: found 'nope'; expected an address like 0.0.0.0:8080, [::1]:8080, "
+        ":8080 or localhost:8080",
+        "t.yaml:4: limits.max_headers: found '0', out of range; expected 1..1000",
+        "t.yaml:5: timeouts.idle: found '5sec'; expected a duration like 500ms, 5s, 2m or 1h (a "
+        "bare number is ms) in 1ms..24h",
+        "t.yaml:7: clusters[0]: no instances; expected instances: a list of at least one "
+        "address like \"127.0.0.1:9001\"",
+        "t.yaml:8: clusters[0].balance: found 'magic'; expected one of: round_robin, weighted, "
+        "least_request, hash",
+        "t.yaml:10: routes[0].cluster: unknown cluster 'b'; expected one of: a",
+        "t.yaml:11: routes[0]: unknown key 'extra'; expected one of: name, match, cluster, "
+        "strip_prefix, rewrite, max_body, timeout, request_headers, response_headers",
+    };
+    if (e.count != sizeof(want) / sizeof(want[0]))
+        dump(&e);
+    assert_int_equal(e.count, sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < e.count; i++)
+        assert_string_equal(e.msgs[i], want[i]);
+    polis__config_errors_free(&e);
+    assert_null(e.msgs);
+    assert_int_equal(e.count, 0);
+}
+
+/* At most 50 errors, then one line saying how many more there were. */
+static void test_error_cap(void **state)
+{
+    char yaml[4096];
+    size_t o = (size_t)snprintf(yaml, sizeof(yaml), LISTEN);
+    for (int i = 0; i < 60; i++)
+        o += (size_t)snprintf(yaml + o, sizeof(yaml) - o, "k%d: 1\n", i);
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    assert_int_equal(load(yaml, &cfg, &e), POLIS_EINVAL);
+    assert_int_equal(e.count, 51);
+    assert_true(strncmp(e.msgs[0], "t.yaml:2: unknown key 'k0'", 26) == 0);
+    assert_true(strncmp(e.msgs[49], "t.yaml:51: unknown key 'k49'", 28) == 0);
+    assert_string_equal(e.msgs[50], "t.yaml: 10 more errors not shown; expected at most 50 "
+                                    "errors");
+    polis__config_errors_free(&e);
+}
+
+static void test_file(void **state)
+{
+    struct polis_config *cfg = (struct polis_config *)1;
+    struct polis_config_errors e = {0};
+    assert_int_equal(polis__config_load_file("/nonexistent/polis.yaml", &cfg, &e), POLIS_ESYS);
+    assert_null(cfg);
+    assert_int_equal(e.count, 1);
+    assert_string_equal(e.msgs[0], "/nonexistent/polis.yaml: cannot open: No such file or "
+                                   "directory; expected a readable YAML file");
+    polis__config_errors_free(&e);
+
+    char path[] = "/tmp/polis-config-test-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    const char bad[] = LISTEN "workers: lots\n";
+    assert_int_equal(write(fd, bad, sizeof(bad) - 1), (ssize_t)(sizeof(bad) - 1));
+    close(fd);
+    assert_int_equal(polis__config_load_file(path, &cfg, &e), POLIS_EINVAL);
+    assert_int_equal(e.count, 1);
+    char want[256];
+    snprintf(want, sizeof(want), "%s:2: workers: found 'lots'; expected an integer in 0..256",
+             path);
+    assert_string_equal(e.msgs[0], want);
+    polis__config_errors_free(&e);
+    unlink(path);
+}
+
+/* The examples shown in docs/configuration.md are valid. */
+static void test_examples(void **state)
+{
+    glob_t g;
+    assert_int_equal(glob("examples/config/*.yaml", 0, NULL, &g), 0);
+    assert_true(g.gl_pathc >= 2);
+    bool minimal = false, full = false;
+    for (size_t i = 0; i < g.gl_pathc; i++) {
+        struct polis_config *cfg = NULL;
+        struct polis_config_errors e = {0};
+        int rc = polis__config_load_file(g.gl_pathv[i], &cfg, &e);
+        if (rc != 0) {
+            dump(&e);
+            fail_msg("%s: rc %d", g.gl_pathv[i], rc);
+        }
+        assert_string_equal(cfg->source, g.gl_pathv[i]);
+        minimal |= strstr(g.gl_pathv[i], "/minimal.yaml") != NULL;
+        if (strstr(g.gl_pathv[i], "/full.yaml")) {
+            full = true;
+            /* It uses every kind of option. */
+            assert_true(cfg->workers > 0);
+            assert_non_null(cfg->access_log);
+            bool lb[4] = {0}, hash_on[3] = {0}, kinds[4] = {0}, strip = false, rewrite = false;
+            for (size_t c = 0; c < cfg->num_clusters; c++) {
+                lb[cfg->clusters[c].lb] = true;
+                if (cfg->clusters[c].lb == POLIS_LB_HASH)
+                    hash_on[cfg->clusters[c].hash_on] = true;
+            }
+            for (size_t r = 0; r < cfg->num_routes; r++) {
+                kinds[cfg->routes[r].path_kind] = true;
+                strip |= cfg->routes[r].strip_prefix;
+                rewrite |= cfg->routes[r].rewrite != NULL;
+            }
+            for (int k = 0; k < 4; k++)
+                assert_true(lb[k] && kinds[k]);
+            assert_true(hash_on[0] && hash_on[1] && hash_on[2]);
+            assert_true(strip && rewrite);
+        }
+        polis__config_free(cfg);
+    }
+    assert_true(minimal && full);
+    globfree(&g);
+}
+
+/* A configuration built in code (quick mode) goes through the same checks. */
+static void test_validate_in_code(void **state)
+{
+    struct polis_config *cfg = calloc(1, sizeof(*cfg));
+    assert_non_null(cfg);
+    polis__config_defaults(cfg);
+    cfg->source = strdup("command line");
+    assert_int_equal(polis__addr_parse(":8080", &cfg->listen), 0);
+    cfg->num_clusters = 1;
+    cfg->clusters = calloc(1, sizeof(*cfg->clusters));
+    cfg->clusters[0].name = strdup("backend");
+    cfg->clusters[0].keepalive = 64;
+    cfg->clusters[0].connect_timeout_ms = 2000;
+    cfg->clusters[0].timeout_ms = 30000;
+    cfg->clusters[0].num_instances = 1;
+    cfg->clusters[0].instances = calloc(1, sizeof(*cfg->clusters[0].instances));
+    cfg->clusters[0].instances[0].weight = 1;
+    assert_int_equal(polis__addr_parse("127.0.0.1:9001", &cfg->clusters[0].instances[0].addr), 0);
+    cfg->num_routes = 2;
+    cfg->routes = calloc(2, sizeof(*cfg->routes));
+    cfg->routes[0].cluster = strdup("backend");
+    cfg->routes[1].cluster = strdup("backend");
+    cfg->routes[1].path_kind = POLIS_PATH_PREFIX;
+    cfg->routes[1].path = strdup("/api/");
+    cfg->routes[1].strip_prefix = true;
+    cfg->routes[1].cluster_index = 99;
+
+    struct polis_config_errors e = {0};
+    assert_int_equal(polis__config_validate(cfg, &e), 0);
+    assert_int_equal(e.count, 0);
+    assert_string_equal(cfg->routes[0].name, "route-0");
+    assert_string_equal(cfg->routes[1].name, "route-1");
+    assert_int_equal(cfg->routes[1].cluster_index, 0);
+
+    /* Now break it. */
+    free(cfg->routes[0].cluster);
+    cfg->routes[0].cluster = strdup("other");
+    cfg->routes[0].strip_prefix = true;
+    cfg->clusters[0].instances[0].weight = 0;
+    cfg->clusters[0].lb = POLIS_LB_HASH;
+    cfg->clusters[0].hash_on = POLIS_HASH_HEADER;
+    cfg->limits.max_headers = 0;
+    cfg->workers = -1;
+    assert_int_equal(polis__config_validate(cfg, &e), POLIS_EINVAL);
+    const char *want[] = {
+        "command line: workers: found 18446744073709551615, out of range; expected 0..256",
+        "command line: limits.max_headers: found 0, out of range; expected 1..1000",
+        "command line: clusters[0].hash_on: header name '' is not a token; expected "
+        "header:<name> with a name of letters, digits and !#$%&'*+-.^_`|~",
+        "command line: clusters[0].instances[0].weight: found 0, out of range; expected 1..10000",
+        "command line: routes[0].cluster: unknown cluster 'other'; expected one of: backend",
+        "command line: routes[0].strip_prefix: set on a route without match.prefix; expected "
+        "strip_prefix only with prefix",
+    };
+    if (e.count != sizeof(want) / sizeof(want[0]))
+        dump(&e);
+    assert_int_equal(e.count, sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < e.count; i++)
+        assert_string_equal(e.msgs[i], want[i]);
+    polis__config_errors_free(&e);
+
+    /* No listener. */
+    cfg->listen.len = 0;
+    assert_int_equal(polis__config_validate(cfg, NULL), POLIS_EINVAL);
+    polis__config_free(cfg);
+}
+
+/* A big configuration loads quickly (no quadratic blow-up in the common paths). */
+static void test_large(void **state)
+{
+    size_t cap = 4 << 20, o = 0;
+    char *yaml = malloc(cap);
+    assert_non_null(yaml);
+    o += (size_t)snprintf(yaml + o, cap - o, LISTEN "clusters:\n");
+    for (int i = 0; i < 200; i++)
+        o += (size_t)snprintf(yaml + o, cap - o,
+                              "  - name: c%d\n    instances: [\"127.0.0.1:%d\"]\n", i, 1000 + i);
+    o += (size_t)snprintf(yaml + o, cap - o, "routes:\n");
+    for (int i = 0; i < 2000; i++)
+        o += (size_t)snprintf(yaml + o, cap - o,
+                              "  - match: { prefix: \"/p%d/\", methods: [GET] }\n"
+                              "    cluster: c%d\n",
+                              i, i % 200);
+    clock_t t0 = clock();
+    struct polis_config *cfg = expect_ok(yaml);
+    double secs = (double)(clock() - t0) / CLOCKS_PER_SEC;
+    assert_int_equal(cfg->num_routes, 2000);
+    assert_int_equal(cfg->routes[1999].cluster_index, 1999 % 200);
+    assert_true(secs < 5.0);
+    polis__config_free(cfg);
+    free(yaml);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_defaults),
+        cmocka_unit_test(test_minimal_defaults),
+        cmocka_unit_test(test_full),
+        cmocka_unit_test(test_admin_access_log_off),
+        cmocka_unit_test(test_spec_unknown_cluster),
+        cmocka_unit_test(test_unknown_keys),
+        cmocka_unit_test(test_wrong_types),
+        cmocka_unit_test(test_ranges),
+        cmocka_unit_test(test_bad_durations_sizes),
+        cmocka_unit_test(test_bad_addresses),
+        cmocka_unit_test(test_addr_parse),
+        cmocka_unit_test(test_duplicates),
+        cmocka_unit_test(test_clusters),
+        cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_path_patterns),
+        cmocka_unit_test(test_headers_tokens),
+        cmocka_unit_test(test_yaml_refusals),
+        cmocka_unit_test(test_multiple_errors),
+        cmocka_unit_test(test_error_cap),
+        cmocka_unit_test(test_file),
+        cmocka_unit_test(test_examples),
+        cmocka_unit_test(test_validate_in_code),
+        cmocka_unit_test(test_large),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
