@@ -1,0 +1,274 @@
+/* polis-example-hello: a small JSON service on the public SDK, the one `make run` puts behind the
+ * gateway. */
+#include <polis/core.h>
+#include <polis/http.h>
+
+#include <getopt.h>
+#include <jansson.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct service {
+    const char *name; /* this instance's name, in every answer */
+};
+
+/* Send obj (taking its reference) as the JSON body. */
+static void reply_json(struct polis_response *res, int status, json_t *obj)
+{
+    char *text = obj != NULL ? json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    json_decref(obj);
+    if (text == NULL) {
+        polis_response_status(res, 500);
+        polis_response_header(res, "Content-Type", "application/json");
+        polis_response_printf(res, "{\"error\":\"internal_error\",\"status\":500,"
+                                   "\"message\":\"cannot build the answer\"}");
+        return;
+    }
+    polis_response_status(res, status);
+    polis_response_header(res, "Content-Type", "application/json");
+    polis_response_body(res, text, strlen(text));
+    free(text);
+}
+
+static void reply_error(struct polis_response *res, int status, const char *error,
+                        const char *message)
+{
+    reply_json(res, status,
+               json_pack("{s:s, s:i, s:s}", "error", error, "status", status, "message", message));
+}
+
+/* A JSON string from a view; bytes that are not UTF-8 become U+FFFD so that any request can be
+ * echoed. */
+static json_t *json_str(struct polis_str s)
+{
+    json_t *j = json_stringn(s.p, s.len);
+    if (j != NULL)
+        return j;
+    char *copy = malloc(s.len * 3 + 1);
+    if (copy == NULL)
+        return NULL;
+    size_t o = 0;
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char ch = (unsigned char)s.p[i];
+        if (ch < 0x80) {
+            copy[o++] = (char)ch;
+        } else {
+            memcpy(copy + o, "\xef\xbf\xbd", 3);
+            o += 3;
+        }
+    }
+    j = json_stringn(copy, o);
+    free(copy);
+    return j;
+}
+
+static bool method_is(const struct polis_request *req, const char *m)
+{
+    return polis_str_eq(req->method, (struct polis_str){m, strlen(m)});
+}
+
+static void handle_root(const struct service *svc, struct polis_response *res)
+{
+    char message[256];
+    snprintf(message, sizeof(message), "hello from %s", svc->name);
+    reply_json(res, 200,
+               json_pack("{s:s, s:s, s:s}", "service", "hello", "instance", svc->name, "message",
+                         message));
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decode a path segment into out (cap bytes); a bad escape stays as it is. */
+static struct polis_str percent_decode(struct polis_str s, char *out, size_t cap)
+{
+    size_t o = 0;
+    for (size_t i = 0; i < s.len && o < cap; i++) {
+        int hi, lo;
+        if (s.p[i] == '%' && i + 2 < s.len && (hi = hex_digit(s.p[i + 1])) >= 0 &&
+            (lo = hex_digit(s.p[i + 2])) >= 0) {
+            out[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else {
+            out[o++] = s.p[i];
+        }
+    }
+    return (struct polis_str){out, o};
+}
+
+static void handle_hello(const struct service *svc, struct polis_str segment,
+                         struct polis_response *res)
+{
+    char buf[256], greeting[512];
+    struct polis_str who = percent_decode(segment, buf, sizeof(buf));
+    snprintf(greeting, sizeof(greeting), "hello, %.*s!", (int)who.len, who.p);
+    reply_json(res, 200,
+               json_pack("{s:o, s:o, s:s}", "greeting",
+                         json_str((struct polis_str){greeting, strlen(greeting)}), "who",
+                         json_str(who), "instance", svc->name));
+}
+
+static void handle_echo(const struct service *svc, const struct polis_request *req,
+                        struct polis_response *res)
+{
+    json_t *headers = json_object();
+    for (size_t i = 0; headers != NULL && i < req->num_headers; i++) {
+        const struct polis_h1_header *h = &req->headers[i];
+        char name[256];
+        snprintf(name, sizeof(name), "%.*s", (int)h->name.len, h->name.p);
+        for (char *p = name; *p != '\0'; p++)
+            if (*p >= 'A' && *p <= 'Z')
+                *p = (char)(*p - 'A' + 'a');
+        /* A repeated field becomes one comma-separated value, as RFC 9110 allows. */
+        json_t *prev = json_object_get(headers, name);
+        if (prev != NULL) {
+            char *joined = NULL;
+            size_t plen = json_string_length(prev);
+            joined = malloc(plen + 2 + h->value.len);
+            if (joined != NULL) {
+                memcpy(joined, json_string_value(prev), plen);
+                memcpy(joined + plen, ", ", 2);
+                memcpy(joined + plen + 2, h->value.p, h->value.len);
+                json_object_set_new(headers, name,
+                                    json_str((struct polis_str){joined, plen + 2 + h->value.len}));
+                free(joined);
+            }
+            continue;
+        }
+        json_object_set_new(headers, name, json_str(h->value));
+    }
+    reply_json(res, 200,
+               json_pack("{s:s, s:o, s:o, s:o, s:o, s:I, s:o}", "instance", svc->name, "method",
+                         json_str(req->method), "path", json_str(req->path), "query",
+                         json_str(req->query), "headers", headers, "body_length",
+                         (json_int_t)req->body.len, "client", json_str(req->client_addr)));
+}
+
+/* The routes. Runs on a server thread; it only reads svc, so it needs no lock. */
+static void handle(const struct polis_request *req, struct polis_response *res, void *ud)
+{
+    const struct service *svc = ud;
+    struct polis_str path = req->path;
+    static const struct polis_str hello_prefix = POLIS_STR("/hello/");
+
+    if (polis_str_eq(path, POLIS_STR("/")) || polis_str_eq(path, POLIS_STR("/health"))) {
+        if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
+            polis_response_header(res, "Allow", "GET, HEAD");
+            reply_error(res, 405, "method_not_allowed", "use GET");
+        } else if (path.len == 1) {
+            handle_root(svc, res);
+        } else {
+            reply_json(res, 200, json_pack("{s:s}", "status", "ok"));
+        }
+        return;
+    }
+    if (path.len > hello_prefix.len &&
+        polis_str_eq((struct polis_str){path.p, hello_prefix.len}, hello_prefix) &&
+        memchr(path.p + hello_prefix.len, '/', path.len - hello_prefix.len) == NULL) {
+        if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
+            polis_response_header(res, "Allow", "GET, HEAD");
+            reply_error(res, 405, "method_not_allowed", "use GET");
+            return;
+        }
+        handle_hello(
+            svc, (struct polis_str){path.p + hello_prefix.len, path.len - hello_prefix.len}, res);
+        return;
+    }
+    if (polis_str_eq(path, POLIS_STR("/echo"))) {
+        if (!method_is(req, "GET") && !method_is(req, "HEAD") && !method_is(req, "POST")) {
+            polis_response_header(res, "Allow", "GET, HEAD, POST");
+            reply_error(res, 405, "method_not_allowed", "use GET or POST");
+            return;
+        }
+        handle_echo(svc, req, res);
+        return;
+    }
+    char message[512];
+    snprintf(message, sizeof(message), "no route for %.*s %.*s", (int)req->method.len,
+             req->method.p, (int)(path.len < 256 ? path.len : 256), path.p);
+    json_t *m = json_str((struct polis_str){message, strlen(message)});
+    reply_json(res, 404,
+               json_pack("{s:s, s:i, s:o}", "error", "not_found", "status", 404, "message", m));
+}
+
+static void usage(FILE *to)
+{
+    fprintf(to, "usage: polis-example-hello [--listen HOST:PORT] [--name NAME] [--threads N]\n"
+                "  --listen   address to serve on (default 127.0.0.1:9001)\n"
+                "  --name     instance name in the answers (default hello)\n"
+                "  --threads  event-loop threads (default 1)\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"listen", required_argument, NULL, 'l'},
+        {"name", required_argument, NULL, 'n'},
+        {"threads", required_argument, NULL, 't'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *listen = "127.0.0.1:9001";
+    struct service svc = {.name = "hello"};
+    long threads = 1;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "l:n:t:h", options, NULL)) != -1) {
+        char *end;
+        switch (opt) {
+        case 'l':
+            listen = optarg;
+            break;
+        case 'n':
+            svc.name = optarg;
+            break;
+        case 't':
+            threads = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || threads < 1 || threads > 256) {
+                fprintf(stderr, "polis-example-hello: --threads wants 1..256\n");
+                return 2;
+            }
+            break;
+        case 'h':
+            usage(stdout);
+            return 0;
+        default:
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (optind != argc) {
+        usage(stderr);
+        return 2;
+    }
+
+    struct polis_server_opts opts = {
+        .listen = listen,
+        .threads = (int)threads,
+        .handler = handle,
+        .ud = &svc,
+    };
+    struct polis_server *srv;
+    int rc = polis_server_start(&opts, &srv);
+    if (rc < 0) {
+        polis_error("hello: cannot serve on %s: %s", listen, polis_strerror(rc));
+        return 1;
+    }
+    polis_info("hello: instance %s listening on %s (port %d, %ld thread%s)", svc.name, listen,
+               polis_server_port(srv), threads, threads == 1 ? "" : "s");
+
+    int sig = polis_wait_for_shutdown_signal();
+    polis_info("hello: %s received, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    polis_server_stop(srv);
+    polis_info("hello: stopped");
+    return 0;
+}

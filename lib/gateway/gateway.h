@@ -1,0 +1,117 @@
+/* gateway.h: the gateway's internals shared by its files: snapshots, workers, connections. */
+#ifndef POLIS_GATEWAY_GATEWAY_H
+#define POLIS_GATEWAY_GATEWAY_H
+
+#include "config/config.h"
+#include "gateway/balance.h"
+#include "gateway/router.h"
+#include <polis/http.h>
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+struct polis_gateway;
+
+/* Start a gateway on cfg, which it takes over (and frees on failure): one listener and loop per
+ * worker, the admin listener if configured. Returns 0 and *out, or a negative code (bind
+ * failures are logged). */
+int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out);
+/* Swap in a new configuration (taken over on success). In-flight requests finish on the old one.
+ * Returns 0, or POLIS_EINVAL when it cannot be applied (it is then freed by the caller). */
+int polis__gateway_reload(struct polis_gateway *gw, struct polis_config *cfg);
+/* Reopen the access log file (SIGUSR1). */
+void polis__gateway_reopen_logs(struct polis_gateway *gw);
+/* Drain: stop accepting, finish in-flight requests within the drain timeout, then stop and free
+ * everything. Blocks. */
+void polis__gateway_drain_and_free(struct polis_gateway *gw);
+/* Run the gateway until SIGTERM/SIGINT, handling SIGHUP (reload from path) and SIGUSR1.
+ * Returns the process exit status. */
+int polis__gateway_main(struct polis_config *cfg, const char *path);
+
+/* ---- Internals --------------------------------------------------------------------------------
+ */
+
+/* An immutable configuration with everything compiled from it; shared read-only by workers. */
+struct gw_snapshot {
+    struct polis_config *cfg;
+    struct polis_router *router;
+    struct polis_lb **lbs;             /* one per cluster */
+    struct polis_lb_state **lb_states; /* [worker * num_clusters + cluster] */
+    size_t *inst_base;                 /* first global instance index of each cluster */
+    size_t num_instances;              /* over all clusters */
+    atomic_int refs;                   /* one per worker still using it, one for the gateway */
+    uint64_t version;
+    int workers;
+};
+
+/* Idle keep-alive connections to one upstream address, per worker. */
+struct gw_pool {
+    struct polis_addr addr;
+    struct gw_uconn *idle; /* most recently used first */
+    size_t num_idle;
+    struct gw_pool *next; /* in the worker's list */
+};
+
+/* A worker's view of a snapshot: its pools by instance, and how many requests still use it. */
+struct gw_wsnap {
+    struct gw_snapshot *snap;
+    struct gw_pool **pools; /* [global instance index] */
+    size_t inflight;
+    struct gw_wsnap *next;
+};
+
+struct gw_dconn;
+
+struct gw_worker {
+    int id;
+    struct polis_gateway *gw;
+    struct polis_loop *loop;
+    pthread_t thread;
+    struct polis_async wake;
+    struct polis_watch listen_w;
+    int listen_fd;
+    struct gw_wsnap *cur;         /* the snapshot new requests use */
+    struct gw_wsnap *old;         /* older snapshots with requests still in flight */
+    struct polis_h1_header *hdrs; /* parse scratch, hdrs_cap entries */
+    size_t hdrs_cap;
+    struct gw_dconn *conns; /* every client connection */
+    size_t num_conns;
+    struct gw_pool *pools;
+    struct polis_buf alog; /* access log lines not yet written */
+    uint64_t req_seq;
+    char id_prefix[17];
+    bool draining;
+    bool stopped;
+    atomic_bool stop_now; /* set by the main thread: drain deadline passed */
+};
+
+struct polis_gateway {
+    struct gw_snapshot *_Atomic snap;
+    atomic_uint_fast64_t version;
+    struct gw_worker *workers;
+    int num_workers;
+    atomic_int alog_fd; /* -1: off */
+    char *alog_path;
+    atomic_bool draining;
+    struct polis_server *admin;
+    uint64_t started_ms;
+};
+
+/* Snapshots (snapshot.c). */
+int polis__snapshot_new(struct polis_config *cfg, int workers, uint64_t version,
+                        struct gw_snapshot **out);
+void polis__snapshot_release(struct gw_snapshot *s);
+
+/* Proxying (proxy.c), all on the worker's thread. */
+void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_storage *ss);
+/* Close idle client connections and ask busy ones to close after their response (drain). */
+void polis__proxy_drain(struct gw_worker *wk);
+/* Close every connection now. */
+void polis__proxy_close_all(struct gw_worker *wk);
+/* Close every idle upstream connection of the worker. */
+void polis__pools_close_all(struct gw_worker *wk);
+
+/* Worker snapshots (worker.c). */
+void polis__wsnap_unref(struct gw_worker *wk, struct gw_wsnap *ws);
+
+#endif

@@ -1,0 +1,1503 @@
+/* proxy.c: one client connection's life in a worker: read and parse a request head, pick a route
+ * and an upstream, stream the request and the response both ways with backpressure, recycle both
+ * connections. Everything runs on the worker's thread; nothing here takes a lock. */
+#include "gateway/gateway.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Results of the steps below. GONE means the client connection was freed: touch nothing. */
+enum { WAIT = 0, DONE = 1, GONE = -1, AGAIN = 2 };
+
+enum body_mode { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
+
+struct gw_uconn {
+    struct polis_watch w; /* first: the loop hands us this pointer */
+    struct polis_timer timer;
+    struct gw_worker *wk;
+    struct gw_pool *pool;
+    struct gw_dconn *owner; /* NULL while idle in the pool */
+    struct gw_uconn *next;  /* in the pool's idle list */
+    struct polis_buf in;    /* response bytes */
+    bool connected, can_read, can_write, reused;
+};
+
+struct gw_req {
+    struct gw_wsnap *ws;
+    const struct polis_route_cfg *route;
+    const struct polis_cluster_cfg *cluster;
+    size_t cluster_idx, inst;
+    struct gw_uconn *up;
+    struct polis_buf hbuf; /* the head sent upstream (kept for a replay on a stale connection) */
+    size_t hsent;
+    struct polis_buf dhead; /* the head (and error body) for the client */
+    size_t dsent;
+    /* request body */
+    uint8_t req_mode;
+    uint64_t req_left; /* BODY_LENGTH: bytes not yet classified */
+    struct polis_h1_chunked req_chunk;
+    size_t body_ready; /* classified body bytes at the front of the client buffer, unsent */
+    bool req_body_done, req_done, body_started;
+    bool head_request, upgrade, client_10, expect_continue;
+    /* response */
+    bool resp_head_done, resp_done, dechunk, tunnel, got_response_bytes, upstream_reusable;
+    uint8_t resp_mode;
+    uint64_t resp_left;
+    struct polis_h1_chunked resp_chunk;
+    size_t resp_ready; /* classified response bytes at the front of the upstream buffer */
+    size_t scan;       /* response head search resume */
+    int status;
+    int attempts;
+    uint64_t bytes_in, bytes_out;
+    struct timespec t0;
+    char request_id[72];
+    uint8_t request_id_len;
+    struct polis_buf log; /* the access log fields known at head time */
+};
+
+enum dstate { D_IDLE, D_HEAD, D_REQUEST, D_LINGER };
+
+struct gw_dconn {
+    struct polis_watch w; /* first */
+    struct polis_timer timer;
+    struct gw_worker *wk;
+    struct gw_dconn *next, *prev;
+    struct polis_buf in;
+    size_t scan;
+    uint8_t state;
+    bool can_read, can_write, close_after, peer_eof;
+    char ip[INET6_ADDRSTRLEN];
+    uint8_t ip_len;
+    struct gw_req r;
+};
+
+static const struct polis_config *wcfg(const struct gw_worker *wk)
+{
+    return wk->cur->snap->cfg;
+}
+
+/* ---- Upstream connections -------------------------------------------------------------------- */
+
+static void u_event(struct polis_loop *loop, struct polis_watch *w, unsigned events);
+static void u_timeout(struct polis_loop *loop, struct polis_timer *t);
+static void d_run(struct gw_dconn *c);
+static int upstream_failed(struct gw_dconn *c, int status, const char *why);
+
+static void u_free(struct gw_uconn *u)
+{
+    polis_timer_cancel(u->wk->loop, &u->timer);
+    polis_loop_del(u->wk->loop, &u->w);
+    close(u->w.fd);
+    polis_buf_free(&u->in);
+    free(u);
+}
+
+static void pool_unlink(struct gw_uconn *u)
+{
+    struct gw_uconn **pp = &u->pool->idle;
+    while (*pp != NULL && *pp != u)
+        pp = &(*pp)->next;
+    if (*pp == u) {
+        *pp = u->next;
+        u->pool->num_idle--;
+    }
+    u->next = NULL;
+}
+
+/* An idle pooled connection saw an event or its idle timer: the server closed it or sent
+ * something unasked for. Either way it cannot carry a request any more. */
+static void idle_event(struct gw_uconn *u)
+{
+    pool_unlink(u);
+    u_free(u);
+}
+
+static struct gw_uconn *pool_take(struct gw_pool *p)
+{
+    struct gw_uconn *u = p->idle;
+    if (u == NULL)
+        return NULL;
+    p->idle = u->next;
+    p->num_idle--;
+    u->next = NULL;
+    u->reused = true;
+    return u;
+}
+
+static void pool_put(struct gw_uconn *u, uint32_t keepalive, uint64_t idle_ms)
+{
+    struct gw_pool *p = u->pool;
+    u->owner = NULL;
+    if (p->num_idle >= keepalive || u->wk->draining) {
+        u_free(u);
+        return;
+    }
+    if (polis_buf_len(&u->in) == 0)
+        polis_buf_free(&u->in);
+    u->next = p->idle;
+    p->idle = u;
+    p->num_idle++;
+    polis_timer_arm(u->wk->loop, &u->timer, idle_ms);
+}
+
+void polis__pools_close_all(struct gw_worker *wk)
+{
+    for (struct gw_pool *p = wk->pools; p != NULL; p = p->next) {
+        while (p->idle != NULL) {
+            struct gw_uconn *u = pool_take(p);
+            u_free(u);
+        }
+    }
+}
+
+/* Open a new connection to the pool's address. Returns NULL with errno set on failure. */
+static struct gw_uconn *u_connect(struct gw_worker *wk, struct gw_pool *p)
+{
+    int fd = socket(p->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return NULL;
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct gw_uconn *u = calloc(1, sizeof(*u));
+    if (u == NULL)
+        goto fail_close;
+    u->wk = wk;
+    u->pool = p;
+    polis_timer_init(&u->timer, u_timeout);
+    polis_buf_init(&u->in, POLIS_BLOCK_SIZE);
+    int rc = connect(fd, (const struct sockaddr *)&p->addr.ss, p->addr.len);
+    if (rc == 0) {
+        u->connected = true;
+        u->can_write = true;
+    } else if (errno != EINPROGRESS) {
+        goto fail_free;
+    }
+    if (polis_loop_add(wk->loop, &u->w, fd, POLIS_EV_READ | POLIS_EV_WRITE, u_event) < 0)
+        goto fail_free;
+    return u;
+fail_free:
+    free(u);
+fail_close : {
+    int e = errno;
+    close(fd);
+    errno = e;
+}
+    return NULL;
+}
+
+/* ---- Client connections ---------------------------------------------------------------------- */
+
+static void d_event(struct polis_loop *loop, struct polis_watch *w, unsigned events);
+static void d_timeout(struct polis_loop *loop, struct polis_timer *t);
+
+static void req_release(struct gw_dconn *c);
+
+static void d_free(struct gw_dconn *c)
+{
+    struct gw_worker *wk = c->wk;
+    if (c->state == D_REQUEST)
+        req_release(c);
+    polis_timer_cancel(wk->loop, &c->timer);
+    polis_loop_del(wk->loop, &c->w);
+    close(c->w.fd);
+    polis_buf_free(&c->in);
+    polis_buf_free(&c->r.hbuf);
+    polis_buf_free(&c->r.dhead);
+    polis_buf_free(&c->r.log);
+    if (c->prev != NULL)
+        c->prev->next = c->next;
+    else
+        wk->conns = c->next;
+    if (c->next != NULL)
+        c->next->prev = c->prev;
+    wk->num_conns--;
+    free(c);
+    if (wk->draining && wk->num_conns == 0)
+        polis_loop_stop(wk->loop);
+}
+
+void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_storage *ss)
+{
+    const struct polis_config *cfg = wcfg(wk);
+    if (wk->num_conns >= cfg->limits.max_connections) {
+        close(fd);
+        return;
+    }
+    struct gw_dconn *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        close(fd);
+        return;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->wk = wk;
+    c->state = D_IDLE;
+    polis_timer_init(&c->timer, d_timeout);
+    polis_buf_init(&c->in, cfg->limits.max_header_bytes > POLIS_BLOCK_SIZE
+                               ? cfg->limits.max_header_bytes
+                               : POLIS_BLOCK_SIZE);
+    polis_buf_init(&c->r.hbuf, 1u << 20);
+    polis_buf_init(&c->r.dhead, 1u << 20);
+    polis_buf_init(&c->r.log, 16384);
+    if (ss->ss_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, c->ip, sizeof(c->ip));
+    else if (ss->ss_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->ip, sizeof(c->ip));
+    c->ip_len = (uint8_t)strlen(c->ip);
+    if (polis_loop_add(wk->loop, &c->w, fd, POLIS_EV_READ | POLIS_EV_WRITE, d_event) < 0) {
+        close(fd);
+        free(c);
+        return;
+    }
+    c->next = wk->conns;
+    if (wk->conns != NULL)
+        wk->conns->prev = c;
+    wk->conns = c;
+    wk->num_conns++;
+    /* The first bytes usually arrive with the accept on loopback; the edge will tell anyway. */
+    c->can_read = true;
+    polis_timer_arm(wk->loop, &c->timer, cfg->timeouts.header_read_ms);
+    d_run(c);
+}
+
+/* Read what the client sent into c->in. Returns bytes read, 0 on EOF, POLIS_EAGAIN,
+ * POLIS_ETOOBIG when the buffer is full, or POLIS_ESYS. */
+static ssize_t d_read(struct gw_dconn *c)
+{
+    int rc = polis_buf_reserve(&c->in, 1);
+    if (rc < 0)
+        return rc;
+    for (;;) {
+        ssize_t n = recv(c->w.fd, c->in.data + c->in.end, c->in.size - c->in.end, 0);
+        if (n > 0) {
+            c->in.end += (size_t)n;
+            c->r.bytes_in += (uint64_t)n;
+            return n;
+        }
+        if (n == 0) {
+            c->peer_eof = true;
+            c->can_read = false;
+            return 0;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            c->can_read = false;
+            return POLIS_EAGAIN;
+        }
+        c->can_read = false;
+        return POLIS_ESYS;
+    }
+}
+
+/* Lingering close: stop writing, swallow what the client still sends for a moment, then close,
+ * so that a response is not destroyed by a reset over unread request bytes. */
+static void d_linger(struct gw_dconn *c)
+{
+    if (c->state == D_REQUEST)
+        req_release(c);
+    c->state = D_LINGER;
+    shutdown(c->w.fd, SHUT_WR);
+    polis_buf_free(&c->in);
+    polis_timer_arm(c->wk->loop, &c->timer, 2000);
+}
+
+static void d_linger_read(struct gw_dconn *c)
+{
+    char sink[4096];
+    for (;;) {
+        ssize_t n = recv(c->w.fd, sink, sizeof(sink), 0);
+        if (n > 0)
+            continue;
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        d_free(c);
+        return;
+    }
+}
+
+/* ---- Request ids and access log ----------------------------------------------------------------
+ */
+
+static void new_request_id(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    struct gw_worker *wk = c->wk;
+    static const char hex[] = "0123456789abcdef";
+    uint64_t seq = ++wk->req_seq;
+    memcpy(r->request_id, wk->id_prefix, 16); /* 16 random hex digits per worker, then a count */
+    for (int i = 31; i >= 16; i--, seq >>= 4)
+        r->request_id[i] = hex[seq & 15];
+    r->request_id_len = 32;
+}
+
+/* Keep the client's X-Request-Id when it is short and printable, else make one. */
+static void make_request_id(struct gw_dconn *c, const struct polis_h1_msg *m)
+{
+    struct gw_req *r = &c->r;
+    int i = m->hdr_index[POLIS_HDR_X_REQUEST_ID];
+    if (i >= 0) {
+        struct polis_str v = m->headers[i].value;
+        bool ok = v.len > 0 && v.len < sizeof(r->request_id);
+        for (size_t k = 0; ok && k < v.len; k++) {
+            unsigned char ch = (unsigned char)v.p[k];
+            ok = ch > 0x20 && ch < 0x7f && ch != '"' && ch != '\\';
+        }
+        if (ok) {
+            memcpy(r->request_id, v.p, v.len);
+            r->request_id_len = (uint8_t)v.len;
+            return;
+        }
+    }
+    new_request_id(c);
+}
+
+static void json_str(struct polis_buf *b, struct polis_str s)
+{
+    static const char hex[] = "0123456789abcdef";
+    if (polis_buf_reserve(b, s.len * 6 + 2) < 0)
+        return;
+    char *o = b->data + b->end;
+    *o++ = '"';
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char ch = (unsigned char)s.p[i];
+        if (ch == '"' || ch == '\\') {
+            *o++ = '\\';
+            *o++ = (char)ch;
+        } else if (ch < 0x20 || ch >= 0x7f) {
+            memcpy(o, "\\u00", 4);
+            o[4] = hex[ch >> 4];
+            o[5] = hex[ch & 15];
+            o += 6;
+        } else {
+            *o++ = (char)ch;
+        }
+    }
+    *o++ = '"';
+    b->end = (size_t)(o - b->data);
+}
+
+static bool alog_on(const struct gw_worker *wk)
+{
+    return atomic_load_explicit(&wk->gw->alog_fd, memory_order_relaxed) >= 0;
+}
+
+static void log_begin(struct gw_dconn *c, const struct polis_h1_msg *m)
+{
+    struct gw_req *r = &c->r;
+    struct polis_buf *b = &r->log;
+    b->start = b->end = 0;
+    polis_buf_append(b, ",\"client\":", 10);
+    json_str(b, (struct polis_str){c->ip, c->ip_len});
+    polis_buf_append(b, ",\"method\":", 10);
+    json_str(b, m->method);
+    polis_buf_append(b, ",\"path\":", 8);
+    json_str(b, m->target);
+    polis_buf_append(b, ",\"host\":", 8);
+    int h = m->hdr_index[POLIS_HDR_HOST];
+    json_str(b, h >= 0 ? m->headers[h].value : (struct polis_str){"", 0});
+}
+
+static void log_end(struct gw_dconn *c)
+{
+    struct gw_worker *wk = c->wk;
+    struct gw_req *r = &c->r;
+    struct timespec now, wall;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    clock_gettime(CLOCK_REALTIME, &wall);
+    double ms =
+        (double)(now.tv_sec - r->t0.tv_sec) * 1e3 + (double)(now.tv_nsec - r->t0.tv_nsec) / 1e6;
+    struct tm tm;
+    gmtime_r(&wall.tv_sec, &tm);
+    struct polis_buf *b = &wk->alog;
+    polis_buf_printf(b, "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"request_id\":\"%.*s\"",
+                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                     wall.tv_nsec / 1000000, (int)r->request_id_len, r->request_id);
+    polis_buf_append(b, polis_buf_head(&r->log), polis_buf_len(&r->log));
+    polis_buf_printf(b,
+                     ",\"status\":%d,\"bytes_received\":%llu,\"bytes_sent\":%llu,"
+                     "\"duration_ms\":%.3f,\"upstream\":\"%s\",\"route\":",
+                     r->status, (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out,
+                     ms, r->up != NULL ? r->up->pool->addr.text : "");
+    const char *route = r->route != NULL ? r->route->name : "";
+    json_str(b, (struct polis_str){route, strlen(route)});
+    polis_buf_append(b, ",\"cluster\":", 11);
+    const char *cl = r->cluster != NULL ? r->cluster->name : "";
+    json_str(b, (struct polis_str){cl, strlen(cl)});
+    polis_buf_append(b, "}\n", 2);
+}
+
+/* ---- Building heads -------------------------------------------------------------------------- */
+
+static bool name_in(struct polis_str name, char *const *names, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (polis_str_caseeq(name, (struct polis_str){names[i], strlen(names[i])}))
+            return true;
+    }
+    return false;
+}
+
+#define APPEND_LIT(b, lit) polis_buf_append((b), (lit), sizeof(lit) - 1)
+
+static void append_str(struct polis_buf *b, struct polis_str s)
+{
+    polis_buf_append(b, s.p, s.len);
+}
+
+static void append_header_ops(struct polis_buf *b, const struct polis_header_ops *ops)
+{
+    for (size_t i = 0; i < ops->num_add; i++) {
+        polis_buf_append(b, ops->add[i].name, strlen(ops->add[i].name));
+        APPEND_LIT(b, ": ");
+        polis_buf_append(b, ops->add[i].value, strlen(ops->add[i].value));
+        APPEND_LIT(b, "\r\n");
+    }
+}
+
+/* Write the request head for the upstream into r->hbuf. Returns 0 or POLIS_ETOOBIG. */
+static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
+                               struct polis_str path, struct polis_str query)
+{
+    struct gw_req *r = &c->r;
+    struct polis_buf *b = &r->hbuf;
+    const struct polis_route_cfg *rt = r->route;
+    char pathbuf[8192];
+    size_t plen = path.len;
+    const char *pp = path.p;
+    if (rt != NULL && (rt->strip_prefix || rt->rewrite != NULL)) {
+        if (polis__route_upstream_path(rt, path, pathbuf, sizeof(pathbuf), &plen) < 0)
+            return POLIS_EURITOOLONG;
+        pp = pathbuf;
+    }
+    b->start = b->end = 0;
+    append_str(b, m->method);
+    APPEND_LIT(b, " ");
+    polis_buf_append(b, pp, plen);
+    if (query.p != NULL) {
+        APPEND_LIT(b, "?");
+        append_str(b, query);
+    }
+    APPEND_LIT(b, " HTTP/1.1\r\n");
+
+    struct polis_str xff_first = {NULL, 0};
+    struct polis_str via_prev = {NULL, 0};
+    for (size_t i = 0; i < m->num_headers; i++) {
+        const struct polis_h1_header *h = &m->headers[i];
+        if (h->hop && !(r->upgrade && (h->id == POLIS_HDR_UPGRADE)))
+            continue;
+        switch (h->id) {
+        case POLIS_HDR_X_FORWARDED_FOR:
+            if (xff_first.p == NULL) {
+                xff_first = h->value;
+            } else { /* several: join them in order */
+                APPEND_LIT(b, "X-Forwarded-For: ");
+                append_str(b, xff_first);
+                APPEND_LIT(b, "\r\n");
+                xff_first = h->value;
+            }
+            continue;
+        case POLIS_HDR_X_FORWARDED_PROTO:
+        case POLIS_HDR_X_FORWARDED_HOST:
+        case POLIS_HDR_X_REQUEST_ID:
+            continue;
+        case POLIS_HDR_VIA:
+            via_prev = h->value;
+            continue;
+        default:
+            break;
+        }
+        if (rt != NULL && rt->request_headers.num_remove > 0 &&
+            name_in(h->name, rt->request_headers.remove, rt->request_headers.num_remove))
+            continue;
+        append_str(b, h->name);
+        APPEND_LIT(b, ": ");
+        append_str(b, h->value);
+        APPEND_LIT(b, "\r\n");
+    }
+    if (r->req_mode == BODY_CHUNKED)
+        APPEND_LIT(b, "Transfer-Encoding: chunked\r\n");
+    if (r->upgrade)
+        APPEND_LIT(b, "Connection: upgrade\r\n");
+    APPEND_LIT(b, "X-Forwarded-For: ");
+    if (xff_first.p != NULL) {
+        append_str(b, xff_first);
+        APPEND_LIT(b, ", ");
+    }
+    polis_buf_append(b, c->ip, c->ip_len);
+    APPEND_LIT(b, "\r\nX-Forwarded-Proto: http\r\n");
+    int hi = m->hdr_index[POLIS_HDR_HOST];
+    if (hi >= 0) {
+        APPEND_LIT(b, "X-Forwarded-Host: ");
+        append_str(b, m->headers[hi].value);
+        APPEND_LIT(b, "\r\n");
+    }
+    APPEND_LIT(b, "Via: ");
+    if (via_prev.p != NULL) {
+        append_str(b, via_prev);
+        APPEND_LIT(b, ", ");
+    }
+    if (m->minor_version == 0)
+        APPEND_LIT(b, "1.0 polis\r\n");
+    else
+        APPEND_LIT(b, "1.1 polis\r\n");
+    APPEND_LIT(b, "X-Request-Id: ");
+    polis_buf_append(b, r->request_id, r->request_id_len);
+    APPEND_LIT(b, "\r\n");
+    if (rt != NULL)
+        append_header_ops(b, &rt->request_headers);
+    int rc = APPEND_LIT(b, "\r\n");
+    return rc < 0 ? POLIS_EHDRTOOBIG : 0;
+}
+
+/* Write the response head for the client into r->hbuf. */
+static int build_client_head(struct gw_dconn *c, const struct polis_h1_msg *m, bool interim)
+{
+    struct gw_req *r = &c->r;
+    struct polis_buf *b = &r->dhead;
+    const struct polis_route_cfg *rt = r->route;
+    b->start = b->end = 0;
+    r->dsent = 0;
+    char status[13] = "HTTP/1.1 000 ";
+    status[7] = r->client_10 ? '0' : '1';
+    status[9] = (char)('0' + m->status / 100);
+    status[10] = (char)('0' + m->status / 10 % 10);
+    status[11] = (char)('0' + m->status % 10);
+    polis_buf_append(b, status, sizeof(status));
+    append_str(b, m->reason);
+    APPEND_LIT(b, "\r\n");
+    for (size_t i = 0; i < m->num_headers; i++) {
+        const struct polis_h1_header *h = &m->headers[i];
+        if (h->hop && !(r->tunnel && (h->id == POLIS_HDR_UPGRADE)))
+            continue;
+        if (!interim && rt != NULL && rt->response_headers.num_remove > 0 &&
+            name_in(h->name, rt->response_headers.remove, rt->response_headers.num_remove))
+            continue;
+        if (!interim && h->id == POLIS_HDR_X_REQUEST_ID)
+            continue;
+        append_str(b, h->name);
+        APPEND_LIT(b, ": ");
+        append_str(b, h->value);
+        APPEND_LIT(b, "\r\n");
+    }
+    if (!interim) {
+        if (r->tunnel)
+            APPEND_LIT(b, "Connection: upgrade\r\n");
+        else if (r->resp_mode == BODY_CHUNKED && !r->dechunk)
+            APPEND_LIT(b, "Transfer-Encoding: chunked\r\n");
+        if (!r->tunnel) {
+            if (c->close_after)
+                APPEND_LIT(b, "Connection: close\r\n");
+            else if (r->client_10)
+                APPEND_LIT(b, "Connection: keep-alive\r\n");
+        }
+        APPEND_LIT(b, "X-Request-Id: ");
+        polis_buf_append(b, r->request_id, r->request_id_len);
+        APPEND_LIT(b, "\r\n");
+        if (rt != NULL)
+            append_header_ops(b, &rt->response_headers);
+    }
+    int rc = APPEND_LIT(b, "\r\n");
+    return rc < 0 ? POLIS_ETOOBIG : 0;
+}
+
+/* Answer the client with an error of the gateway's own: a JSON body, then close when the rest
+ * of the request cannot be told apart from the next one. */
+static void error_response(struct gw_dconn *c, int status, const char *code, const char *msg)
+{
+    struct gw_req *r = &c->r;
+    struct polis_buf *b = &r->dhead;
+    char body[512];
+    int n =
+        snprintf(body, sizeof(body),
+                 "{\"error\":\"%s\",\"status\":%d,\"message\":\"%s\",\"request_id\":\"%.*s\"}\n",
+                 code, status, msg, (int)r->request_id_len, r->request_id);
+    if (!r->req_done || status == 400 || (status >= 413 && status <= 431) || status == 505)
+        c->close_after = true;
+    b->start = b->end = 0;
+    r->dsent = 0;
+    polis_buf_printf(b,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
+                     "X-Request-Id: %.*s\r\n%s\r\n",
+                     status, polis_http_reason(status), n, (int)r->request_id_len, r->request_id,
+                     c->close_after ? "Connection: close\r\n" : "");
+    if (!r->head_request)
+        polis_buf_append(b, body, (size_t)n);
+    r->status = status;
+    r->resp_head_done = true;
+    r->resp_done = true;
+    r->resp_mode = BODY_NONE;
+    r->resp_ready = 0;
+}
+
+/* ---- Request start --------------------------------------------------------------------------- */
+
+static int parse_error_status(int rc, const char **code, const char **msg)
+{
+    switch (rc) {
+    case POLIS_EURITOOLONG:
+        *code = "uri_too_long";
+        *msg = "request line too long";
+        return 414;
+    case POLIS_EHDRTOOBIG:
+        *code = "headers_too_large";
+        *msg = "request header section too large";
+        return 431;
+    case POLIS_EBODYTOOBIG:
+        *code = "payload_too_large";
+        *msg = "request body too large";
+        return 413;
+    case POLIS_EVERSION:
+        *code = "http_version_not_supported";
+        *msg = "only HTTP/1.0 and HTTP/1.1 are served here";
+        return 505;
+    case POLIS_ENOTIMPL:
+        *code = "not_implemented";
+        *msg = "not implemented";
+        return 501;
+    default:
+        *code = "bad_request";
+        *msg = "malformed request";
+        return 400;
+    }
+}
+
+static void req_begin(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    struct gw_worker *wk = c->wk;
+    struct polis_buf hb = r->hbuf, db = r->dhead, lb = r->log;
+    memset(r, 0, sizeof(*r));
+    r->hbuf = hb;
+    r->dhead = db;
+    r->log = lb;
+    r->hbuf.start = r->hbuf.end = 0;
+    r->dhead.start = r->dhead.end = 0;
+    r->bytes_in = polis_buf_len(&c->in);
+    r->ws = wk->cur;
+    r->ws->inflight++;
+    r->request_id_len = 0;
+    if (alog_on(wk))
+        clock_gettime(CLOCK_MONOTONIC, &r->t0);
+    c->state = D_REQUEST;
+}
+
+/* Release what a request holds: its upstream connection (closed unless recycled by the caller
+ * beforehand), its balancer slot and its snapshot. */
+static void req_release(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    if (r->up != NULL) {
+        u_free(r->up);
+        r->up = NULL;
+    }
+    if (r->cluster != NULL) {
+        polis__lb_done(
+            r->ws->snap->lb_states[c->wk->id * r->ws->snap->cfg->num_clusters + r->cluster_idx],
+            r->inst);
+        r->cluster = NULL;
+    }
+    if (r->ws != NULL) {
+        struct gw_wsnap *ws = r->ws;
+        r->ws = NULL;
+        polis__wsnap_unref(c->wk, ws);
+    }
+    polis_timer_cancel(c->wk->loop, &c->timer);
+}
+
+/* Split a request target into path and query; absolute-form "http://host/p" gives "/p". */
+static void split_target(struct polis_str t, struct polis_str *path, struct polis_str *query)
+{
+    const char *p = t.p, *end = t.p + t.len;
+    if (t.len > 0 && t.p[0] != '/') {
+        const char *s = memchr(p, ':', t.len);
+        if (s != NULL && s + 2 < end && s[1] == '/' && s[2] == '/') {
+            const char *slash = memchr(s + 3, '/', (size_t)(end - s - 3));
+            p = slash != NULL ? slash : end;
+        }
+    }
+    const char *q = memchr(p, '?', (size_t)(end - p));
+    if (p == end) {
+        *path = POLIS_STR("/");
+    } else {
+        *path = (struct polis_str){p, (size_t)((q != NULL ? q : end) - p)};
+    }
+    *query =
+        q != NULL ? (struct polis_str){q + 1, (size_t)(end - q - 1)} : (struct polis_str){NULL, 0};
+}
+
+/* A complete head is at the front of c->in: route it and set the request in motion.
+ * Returns AGAIN to continue with the request, or DONE when an error answer was prepared. */
+static int req_start(struct gw_dconn *c, const struct polis_h1_msg *m, size_t head_len)
+{
+    struct gw_worker *wk = c->wk;
+    struct gw_req *r = &c->r;
+    const struct gw_snapshot *s = r->ws->snap;
+    const struct polis_config *cfg = s->cfg;
+
+    make_request_id(c, m);
+    if (alog_on(wk))
+        log_begin(c, m);
+    r->head_request = m->method.len == 4 && memcmp(m->method.p, "HEAD", 4) == 0;
+    r->client_10 = m->minor_version == 0;
+    r->expect_continue = m->expect_continue;
+    r->upgrade = m->upgrade;
+    if (!m->keep_alive || wk->draining)
+        c->close_after = true;
+
+    struct polis_str path, query;
+    split_target(m->target, &path, &query);
+    struct polis_str host = {NULL, 0};
+    int hi = m->hdr_index[POLIS_HDR_HOST];
+    if (hi >= 0)
+        host = m->headers[hi].value;
+
+    switch (m->body) {
+    case POLIS_BODY_LENGTH:
+        r->req_mode = BODY_LENGTH;
+        r->req_left = m->content_length;
+        break;
+    case POLIS_BODY_CHUNKED:
+        r->req_mode = BODY_CHUNKED;
+        break;
+    default:
+        r->req_mode = BODY_NONE;
+        r->req_body_done = true;
+        break;
+    }
+    polis_buf_consume(&c->in, head_len);
+    c->scan = 0;
+
+    int ri = polis__router_match(s->router, host, path, m->method, m);
+    if (ri < 0) {
+        r->req_done = r->req_mode == BODY_NONE;
+        error_response(c, 404, "no_route", "no route matches this request");
+        return DONE;
+    }
+    r->route = &cfg->routes[ri];
+    uint64_t max_body = r->route->max_body ? r->route->max_body : cfg->limits.max_body;
+    if (r->req_mode == BODY_LENGTH && m->content_length > max_body) {
+        error_response(c, 413, "payload_too_large", "request body too large");
+        return DONE;
+    }
+    if (r->req_mode == BODY_CHUNKED)
+        polis_h1_chunked_init(&r->req_chunk, max_body);
+
+    r->cluster_idx = r->route->cluster_index;
+    r->cluster = &cfg->clusters[r->cluster_idx];
+    struct polis_lb_state *st = s->lb_states[wk->id * cfg->num_clusters + r->cluster_idx];
+    struct polis_str key = {NULL, 0};
+    if (r->cluster->lb == POLIS_LB_HASH)
+        key = polis__lb_key(r->cluster, m, (struct polis_str){c->ip, c->ip_len});
+    r->inst = polis__lb_pick(s->lbs[r->cluster_idx], st, key);
+
+    int rc = build_upstream_head(c, m, path, query);
+    if (rc < 0) {
+        const char *code, *msg;
+        int status = parse_error_status(rc, &code, &msg);
+        error_response(c, status, code, msg);
+        return DONE;
+    }
+    return AGAIN;
+}
+
+static uint64_t upstream_timeout(const struct gw_req *r)
+{
+    return r->route->timeout_ms ? r->route->timeout_ms : r->cluster->timeout_ms;
+}
+
+/* Take a pooled connection to the request's instance or open a new one. Returns 0, or DONE after
+ * preparing a 502 when no connection can be made. */
+static int req_connect(struct gw_dconn *c, bool fresh)
+{
+    struct gw_req *r = &c->r;
+    struct gw_pool *p = r->ws->pools[r->ws->snap->inst_base[r->cluster_idx] + r->inst];
+    struct gw_uconn *u = fresh ? NULL : pool_take(p);
+    r->attempts++;
+    if (u == NULL) {
+        u = u_connect(c->wk, p);
+        if (u == NULL) {
+            upstream_failed(c, 502, "cannot connect to upstream");
+            return DONE;
+        }
+        if (!u->connected)
+            polis_timer_arm(c->wk->loop, &u->timer, r->cluster->connect_timeout_ms);
+    } else {
+        u->can_write = true;
+    }
+    if (u->connected)
+        polis_timer_arm(c->wk->loop, &u->timer, upstream_timeout(r));
+    u->owner = c;
+    r->up = u;
+    r->hsent = 0;
+    return 0;
+}
+
+/* ---- Moving bytes ---------------------------------------------------------------------------- */
+
+/* Classify request body bytes waiting in c->in. Returns 0, or a polis error for bad framing. */
+static int classify_request_body(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    size_t avail = polis_buf_len(&c->in) - r->body_ready;
+    if (avail == 0 || r->req_body_done)
+        return 0;
+    if (r->req_mode == BODY_LENGTH) {
+        size_t k = avail < r->req_left ? avail : (size_t)r->req_left;
+        r->body_ready += k;
+        r->req_left -= k;
+        if (r->req_left == 0)
+            r->req_body_done = true;
+        return 0;
+    }
+    size_t consumed = 0;
+    int rc = polis_h1_chunked_feed(&r->req_chunk, polis_buf_head(&c->in) + r->body_ready, avail,
+                                   &consumed, NULL, NULL);
+    if (rc < 0)
+        return rc;
+    r->body_ready += consumed;
+    if (rc == 1)
+        r->req_body_done = true;
+    return 0;
+}
+
+/* Send the head and body to the upstream. Returns WAIT, AGAIN (progress: call again), DONE when
+ * an error answer was prepared, or GONE. */
+static int send_request(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    struct gw_uconn *u = r->up;
+    const struct polis_config *cfg = r->ws->snap->cfg;
+    for (;;) {
+        struct iovec iov[2];
+        int n = 0;
+        size_t hleft = polis_buf_len(&r->hbuf) - r->hsent;
+        if (hleft > 0)
+            iov[n++] = (struct iovec){polis_buf_head(&r->hbuf) + r->hsent, hleft};
+        if (r->body_ready > 0)
+            iov[n++] = (struct iovec){polis_buf_head(&c->in), r->body_ready};
+        if (n == 0) {
+            if (r->req_body_done) {
+                r->req_done = true;
+                polis_timer_cancel(c->wk->loop, &c->timer);
+                return WAIT;
+            }
+            int rc = classify_request_body(c);
+            if (rc < 0) {
+                const char *code, *msg;
+                int status = parse_error_status(rc, &code, &msg);
+                if (r->resp_head_done) {
+                    d_free(c);
+                    return GONE;
+                }
+                if (r->up != NULL) {
+                    u_free(r->up);
+                    r->up = NULL;
+                }
+                error_response(c, status, code, msg);
+                return DONE;
+            }
+            if (r->body_ready > 0)
+                continue;
+            if (r->req_body_done)
+                continue;
+            /* Need more body from the client. */
+            if (!c->can_read)
+                return WAIT;
+            ssize_t got = d_read(c);
+            if (got > 0) {
+                polis_timer_arm(c->wk->loop, &c->timer, cfg->timeouts.body_read_ms);
+                continue;
+            }
+            if (got == POLIS_EAGAIN) {
+                polis_timer_arm(c->wk->loop, &c->timer, cfg->timeouts.body_read_ms);
+                return WAIT;
+            }
+            /* The client went away mid-body: nothing can be answered. */
+            d_free(c);
+            return GONE;
+        }
+        if (!u->connected || !u->can_write)
+            return WAIT;
+        ssize_t w = writev(u->w.fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                u->can_write = false;
+                return WAIT;
+            }
+            return upstream_failed(c, 502, "upstream connection failed while sending");
+        }
+        size_t sent = (size_t)w;
+        size_t hs = sent < hleft ? sent : hleft;
+        r->hsent += hs;
+        sent -= hs;
+        if (sent > 0) {
+            r->body_started = true;
+            polis_buf_consume(&c->in, sent);
+            r->body_ready -= sent;
+        }
+    }
+}
+
+/* Classify response bytes in the upstream buffer. Returns 0 or a polis error. */
+static int classify_response_body(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    struct gw_uconn *u = r->up;
+    size_t avail = polis_buf_len(&u->in) - r->resp_ready;
+    if (avail == 0 || r->resp_done)
+        return 0;
+    switch (r->resp_mode) {
+    case BODY_LENGTH: {
+        size_t k = avail < r->resp_left ? avail : (size_t)r->resp_left;
+        r->resp_ready += k;
+        r->resp_left -= k;
+        if (r->resp_left == 0)
+            r->resp_done = true;
+        if (avail > k) /* bytes after the response: the server is out of step */
+            r->upstream_reusable = false;
+        return 0;
+    }
+    case BODY_CLOSE:
+        r->resp_ready += avail;
+        return 0;
+    case BODY_CHUNKED: {
+        char *p = polis_buf_head(&u->in) + r->resp_ready;
+        size_t consumed = 0, out_len = 0;
+        int rc = polis_h1_chunked_feed(&r->resp_chunk, p, avail, &consumed, r->dechunk ? p : NULL,
+                                       r->dechunk ? &out_len : NULL);
+        if (rc < 0)
+            return rc;
+        if (r->dechunk) { /* payload now at p[0..out_len); close the gap to the rest */
+            memmove(p + out_len, p + consumed, avail - consumed);
+            u->in.end -= consumed - out_len;
+            r->resp_ready += out_len;
+        } else {
+            r->resp_ready += consumed;
+        }
+        if (rc == 1) {
+            r->resp_done = true;
+            if (avail > consumed)
+                r->upstream_reusable = false;
+        }
+        return 0;
+    }
+    default:
+        r->resp_done = true;
+        return 0;
+    }
+}
+
+/* Write the pending head and response bytes to the client. Returns WAIT, AGAIN or GONE. */
+static int flush_client(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    struct gw_uconn *u = r->up;
+    for (;;) {
+        struct iovec iov[2];
+        int n = 0;
+        size_t hleft = polis_buf_len(&r->dhead) - r->dsent;
+        if (hleft > 0)
+            iov[n++] = (struct iovec){polis_buf_head(&r->dhead) + r->dsent, hleft};
+        if (u != NULL && r->resp_ready > 0)
+            iov[n++] = (struct iovec){polis_buf_head(&u->in), r->resp_ready};
+        if (n == 0)
+            return AGAIN;
+        if (!c->can_write)
+            return WAIT;
+        ssize_t w = writev(c->w.fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                c->can_write = false;
+                polis_timer_arm(c->wk->loop, &c->timer, r->ws->snap->cfg->timeouts.body_read_ms);
+                return WAIT;
+            }
+            d_free(c);
+            return GONE;
+        }
+        size_t sent = (size_t)w;
+        r->bytes_out += sent;
+        size_t hs = sent < hleft ? sent : hleft;
+        r->dsent += hs;
+        sent -= hs;
+        if (r->req_done)
+            polis_timer_cancel(c->wk->loop, &c->timer);
+        if (sent > 0) {
+            polis_buf_consume(&u->in, sent);
+            r->resp_ready -= sent;
+        }
+    }
+}
+
+/* A complete response head is at the front of the upstream buffer. Returns AGAIN, DONE or GONE. */
+static int handle_response_head(struct gw_dconn *c, struct polis_h1_msg *m, size_t head_len)
+{
+    struct gw_req *r = &c->r;
+    struct gw_uconn *u = r->up;
+    if (m->status >= 100 && m->status < 200 && m->status != 101) {
+        /* Interim: pass it on to HTTP/1.1 clients, then wait for the final one. */
+        if (!r->client_10) {
+            build_client_head(c, m, true);
+        }
+        polis_buf_consume(&u->in, head_len);
+        r->scan = 0;
+        return AGAIN;
+    }
+    if (m->status == 101) {
+        if (!r->upgrade)
+            return upstream_failed(c, 502, "upstream switched protocols unasked");
+        r->tunnel = true;
+    }
+    r->status = m->status;
+    r->upstream_reusable = m->keep_alive && !r->tunnel;
+    switch (m->body) {
+    case POLIS_BODY_LENGTH:
+        r->resp_mode = BODY_LENGTH;
+        r->resp_left = m->content_length;
+        break;
+    case POLIS_BODY_CHUNKED:
+        r->resp_mode = BODY_CHUNKED;
+        polis_h1_chunked_init(&r->resp_chunk, 0);
+        r->dechunk = r->client_10;
+        if (r->dechunk)
+            c->close_after = true;
+        break;
+    case POLIS_BODY_CLOSE:
+        r->resp_mode = BODY_CLOSE;
+        r->upstream_reusable = false;
+        c->close_after = true;
+        break;
+    default:
+        r->resp_mode = BODY_NONE;
+        r->resp_done = !r->tunnel;
+        break;
+    }
+    if (!r->req_body_done && !r->tunnel)
+        c->close_after = true; /* the rest of the request body will not be read */
+    build_client_head(c, m, false);
+    polis_buf_consume(&u->in, head_len);
+    r->resp_head_done = true;
+    return AGAIN;
+}
+
+/* Bytes both ways for an upgraded connection. Returns WAIT, DONE or GONE. */
+static int run_tunnel(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    struct gw_uconn *u = r->up;
+    polis_timer_cancel(c->wk->loop, &u->timer);
+    for (;;) {
+        bool progress = false;
+        /* client -> upstream */
+        if (polis_buf_len(&c->in) > 0 && u->can_write) {
+            ssize_t w = send(u->w.fd, polis_buf_head(&c->in), polis_buf_len(&c->in), MSG_NOSIGNAL);
+            if (w > 0) {
+                polis_buf_consume(&c->in, (size_t)w);
+                progress = true;
+            } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                u->can_write = false;
+            } else {
+                d_free(c);
+                return GONE;
+            }
+        }
+        if (polis_buf_len(&c->in) == 0 && c->can_read) {
+            ssize_t n = d_read(c);
+            if (n == 0 || n == POLIS_ESYS) {
+                d_free(c);
+                return GONE;
+            }
+            progress |= n > 0;
+        }
+        /* upstream -> client */
+        if (polis_buf_len(&u->in) > 0 && c->can_write) {
+            ssize_t w = send(c->w.fd, polis_buf_head(&u->in), polis_buf_len(&u->in), MSG_NOSIGNAL);
+            if (w > 0) {
+                polis_buf_consume(&u->in, (size_t)w);
+                r->bytes_out += (uint64_t)w;
+                progress = true;
+            } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                c->can_write = false;
+            } else {
+                d_free(c);
+                return GONE;
+            }
+        }
+        if (polis_buf_len(&u->in) == 0 && u->can_read) {
+            if (polis_buf_reserve(&u->in, 1) < 0) {
+                d_free(c);
+                return GONE;
+            }
+            ssize_t n = recv(u->w.fd, u->in.data + u->in.end, u->in.size - u->in.end, 0);
+            if (n > 0) {
+                u->in.end += (size_t)n;
+                progress = true;
+            } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+                u->can_read = false;
+            } else {
+                d_free(c);
+                return GONE;
+            }
+        }
+        if (!progress)
+            return WAIT;
+    }
+}
+
+/* Read, parse and forward the response. Returns WAIT, DONE or GONE. */
+static int recv_response(struct gw_dconn *c)
+{
+    struct gw_worker *wk = c->wk;
+    struct gw_req *r = &c->r;
+    for (;;) {
+        struct gw_uconn *u = r->up;
+        int rc = flush_client(c);
+        if (rc != AGAIN) {
+            if (rc == WAIT && u != NULL)
+                polis_timer_cancel(wk->loop, &u->timer); /* the client is slow, not the server */
+            return rc;
+        }
+        if (r->resp_done)
+            return DONE;
+        if (r->tunnel)
+            return run_tunnel(c);
+        if (u == NULL)
+            return WAIT;
+        if (polis_buf_len(&u->in) > r->resp_ready) {
+            if (r->resp_head_done) {
+                rc = classify_response_body(c);
+                if (rc < 0) { /* the head went out already: all we can do is cut */
+                    d_free(c);
+                    return GONE;
+                }
+                if (r->resp_ready > 0 || r->resp_done)
+                    continue;
+            } else {
+                struct polis_h1_msg m;
+                size_t head_len;
+                static const struct polis_h1_limits rlim = {65536, 65536, 200};
+                m.headers = wk->hdrs;
+                rc =
+                    polis_h1_parse_response(polis_buf_head(&u->in), polis_buf_len(&u->in), &r->scan,
+                                            &m, wk->hdrs_cap, &rlim, r->head_request, &head_len);
+                if (rc == 0) {
+                    rc = handle_response_head(c, &m, head_len);
+                    if (rc != AGAIN)
+                        return rc;
+                    continue;
+                }
+                if (rc != POLIS_EAGAIN)
+                    return upstream_failed(c, 502, "upstream sent an invalid response");
+            }
+        }
+        if (!u->can_read) {
+            /* The upstream owes us bytes only once it has the whole request. */
+            if (!u->connected)
+                return WAIT;
+            if (r->req_done)
+                polis_timer_arm(wk->loop, &u->timer, upstream_timeout(r));
+            else
+                polis_timer_cancel(wk->loop, &u->timer);
+            return WAIT;
+        }
+        if (polis_buf_reserve(&u->in, 1) < 0)
+            return upstream_failed(c, 502, "upstream response head too large");
+        ssize_t n = recv(u->w.fd, u->in.data + u->in.end, u->in.size - u->in.end, 0);
+        if (n > 0) {
+            u->in.end += (size_t)n;
+            r->got_response_bytes = true;
+            polis_timer_arm(wk->loop, &u->timer, upstream_timeout(r));
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            u->can_read = false;
+            return WAIT;
+        }
+        /* EOF or error from the upstream. */
+        if (r->resp_head_done && r->resp_mode == BODY_CLOSE && n == 0) {
+            r->resp_done = true;
+            r->upstream_reusable = false;
+            continue;
+        }
+        if (r->resp_head_done) { /* truncated: cut the client off too */
+            d_free(c);
+            return GONE;
+        }
+        return upstream_failed(
+            c, 502, n == 0 ? "upstream closed the connection" : "upstream connection reset");
+    }
+}
+
+/* The upstream failed before a response could be forwarded: retry once on a fresh connection if
+ * a reused one went stale before answering and nothing unrepeatable was sent; otherwise answer
+ * status. Returns AGAIN (retrying), DONE (answer prepared) or GONE. */
+static int upstream_failed(struct gw_dconn *c, int status, const char *why)
+{
+    struct gw_req *r = &c->r;
+    struct gw_uconn *u = r->up;
+    bool stale = u != NULL && u->reused && !r->got_response_bytes;
+    if (u != NULL) {
+        u_free(u);
+        r->up = NULL;
+    }
+    if (r->resp_head_done && r->dsent > 0) {
+        d_free(c);
+        return GONE;
+    }
+    if (stale && !r->body_started && r->attempts < 3) {
+        r->scan = 0;
+        r->req_done = false;
+        if (req_connect(c, true) == 0)
+            return AGAIN;
+        return DONE;
+    }
+    /* Answer after the request head went out: the rest of the request body is unread. */
+    error_response(c, status, status == 504 ? "gateway_timeout" : "bad_gateway", why);
+    return DONE;
+}
+
+/* ---- The request cycle ----------------------------------------------------------------------- */
+
+/* Finish the request: log it, recycle or close the upstream, and prepare for the next one.
+ * Returns AGAIN to go on with the connection, or GONE. */
+static int req_finish(struct gw_dconn *c)
+{
+    struct gw_worker *wk = c->wk;
+    struct gw_req *r = &c->r;
+    const struct polis_config *cfg = r->ws->snap->cfg;
+    if (alog_on(wk) && r->request_id_len > 0)
+        log_end(c);
+    struct gw_uconn *u = r->up;
+    if (u != NULL) {
+        r->up = NULL;
+        if (r->upstream_reusable && r->resp_done && r->req_done && polis_buf_len(&u->in) == 0) {
+            polis_timer_cancel(wk->loop, &u->timer);
+            pool_put(u, r->cluster->keepalive, cfg->timeouts.idle_ms);
+        } else {
+            u_free(u);
+        }
+    }
+    uint64_t idle_ms = cfg->timeouts.idle_ms;
+    req_release(c);
+    if (c->close_after) {
+        d_linger(c);
+        return GONE;
+    }
+    c->state = D_IDLE;
+    if (polis_buf_len(&c->in) == 0) {
+        polis_buf_free(&c->in); /* idle connections hold no buffer */
+        polis_buf_free(&c->r.hbuf);
+        polis_buf_free(&c->r.dhead);
+        polis_timer_arm(wk->loop, &c->timer, idle_ms);
+    } else {
+        polis_timer_arm(wk->loop, &c->timer, cfg->timeouts.header_read_ms);
+    }
+    return AGAIN;
+}
+
+/* Read and parse a request head. Returns AGAIN when a request was started, WAIT, or GONE. */
+static int read_head(struct gw_dconn *c)
+{
+    struct gw_worker *wk = c->wk;
+    const struct polis_config *cfg = wcfg(wk);
+    for (;;) {
+        if (polis_buf_len(&c->in) > 0) {
+            struct polis_h1_msg m;
+            size_t head_len;
+            struct polis_h1_limits lim = {cfg->limits.max_request_line,
+                                          cfg->limits.max_header_bytes, cfg->limits.max_headers};
+            m.headers = wk->hdrs;
+            int rc = polis_h1_parse_request(polis_buf_head(&c->in), polis_buf_len(&c->in), &c->scan,
+                                            &m, wk->hdrs_cap, &lim, &head_len);
+            if (rc == 0) {
+                req_begin(c);
+                rc = req_start(c, &m, head_len);
+                if (rc == DONE)
+                    c->r.req_done = c->r.req_mode == BODY_NONE;
+                return AGAIN;
+            }
+            if (rc != POLIS_EAGAIN) {
+                const char *code, *msg;
+                int status = parse_error_status(rc, &code, &msg);
+                req_begin(c);
+                new_request_id(c);
+                error_response(c, status, code, msg);
+                c->close_after = true;
+                return AGAIN;
+            }
+            if (c->state == D_IDLE) {
+                c->state = D_HEAD;
+                polis_timer_arm(wk->loop, &c->timer, cfg->timeouts.header_read_ms);
+            }
+        }
+        if (!c->can_read)
+            return WAIT;
+        ssize_t n = d_read(c);
+        if (n > 0)
+            continue;
+        if (n == POLIS_EAGAIN)
+            return WAIT;
+        if (n == POLIS_ETOOBIG) {
+            req_begin(c);
+            new_request_id(c);
+            error_response(c, 431, "headers_too_large", "request header section too large");
+            return AGAIN;
+        }
+        d_free(c); /* EOF or error while idle or mid-head */
+        return GONE;
+    }
+}
+
+static void d_run(struct gw_dconn *c)
+{
+    for (;;) {
+        if (c->state == D_LINGER) {
+            d_linger_read(c);
+            return;
+        }
+        if (c->state != D_REQUEST) {
+            if (c->wk->draining && c->state == D_IDLE && polis_buf_len(&c->in) == 0) {
+                d_free(c);
+                return;
+            }
+            if (read_head(c) != AGAIN)
+                return;
+        }
+        struct gw_req *r = &c->r;
+        int rc = AGAIN;
+        if (!r->resp_done && r->up == NULL && r->cluster != NULL) {
+            if (req_connect(c, false) != 0)
+                rc = DONE;
+        }
+        /* send_request() only moves bytes; recv_response() flushes whatever answer is ready
+         * and says when the exchange is over. */
+        while (rc == AGAIN) {
+            if (r->up != NULL && !r->req_done && !r->resp_done && send_request(c) == GONE)
+                return;
+            rc = recv_response(c);
+        }
+        if (rc != DONE)
+            return;
+        if (req_finish(c) == GONE)
+            return;
+    }
+}
+
+/* ---- Events and timers ----------------------------------------------------------------------- */
+
+static void d_event(struct polis_loop *loop, struct polis_watch *w, unsigned events)
+{
+    struct gw_dconn *c = (struct gw_dconn *)w;
+    if (events & POLIS_EV_READ)
+        c->can_read = true;
+    if (events & POLIS_EV_WRITE)
+        c->can_write = true;
+    d_run(c);
+}
+
+static void u_event(struct polis_loop *loop, struct polis_watch *w, unsigned events)
+{
+    struct gw_uconn *u = (struct gw_uconn *)w;
+    if (u->owner == NULL) {
+        if (events & (POLIS_EV_READ | POLIS_EV_ERROR))
+            idle_event(u);
+        return;
+    }
+    if (!u->connected && (events & (POLIS_EV_WRITE | POLIS_EV_ERROR))) {
+        int err = 0;
+        socklen_t len = sizeof(err);
+        getsockopt(u->w.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        struct gw_dconn *c = u->owner;
+        if (err != 0) {
+            if (upstream_failed(c, 502, "cannot connect to upstream") != GONE)
+                d_run(c);
+            return;
+        }
+        u->connected = true;
+        polis_timer_arm(loop, &u->timer, upstream_timeout(&c->r));
+    }
+    if (events & POLIS_EV_READ)
+        u->can_read = true;
+    if (events & POLIS_EV_WRITE)
+        u->can_write = true;
+    d_run(u->owner);
+}
+
+static void u_timeout(struct polis_loop *loop, struct polis_timer *t)
+{
+    struct gw_uconn *u = (struct gw_uconn *)((char *)t - offsetof(struct gw_uconn, timer));
+    if (u->owner == NULL) {
+        idle_event(u);
+        return;
+    }
+    struct gw_dconn *c = u->owner;
+    int rc =
+        upstream_failed(c, 504, u->connected ? "upstream timed out" : "upstream connect timed out");
+    if (rc != GONE)
+        d_run(c);
+}
+
+static void d_timeout(struct polis_loop *loop, struct polis_timer *t)
+{
+    struct gw_dconn *c = (struct gw_dconn *)((char *)t - offsetof(struct gw_dconn, timer));
+    switch (c->state) {
+    case D_HEAD: {
+        req_begin(c);
+        new_request_id(c);
+        error_response(c, 408, "request_timeout", "request head not received in time");
+        c->close_after = true;
+        c->can_write = true;
+        d_run(c);
+        return;
+    }
+    case D_REQUEST:
+        if (!c->r.resp_head_done && !c->r.req_done) {
+            if (c->r.up != NULL) {
+                u_free(c->r.up);
+                c->r.up = NULL;
+            }
+            error_response(c, 408, "request_timeout", "request body not received in time");
+            d_run(c);
+            return;
+        }
+        d_free(c);
+        return;
+    default:
+        d_free(c);
+        return;
+    }
+}
+
+void polis__proxy_drain(struct gw_worker *wk)
+{
+    struct gw_dconn *c = wk->conns;
+    while (c != NULL) {
+        struct gw_dconn *next = c->next;
+        if (c->state == D_IDLE && polis_buf_len(&c->in) == 0)
+            d_free(c);
+        else
+            c->close_after = true;
+        c = next;
+    }
+}
+
+void polis__proxy_close_all(struct gw_worker *wk)
+{
+    while (wk->conns != NULL)
+        d_free(wk->conns);
+}
