@@ -65,8 +65,9 @@ struct gw_req {
 enum dstate { D_IDLE, D_HEAD, D_REQUEST, D_LINGER };
 
 struct gw_dconn {
-    struct polis_watch w; /* first */
-    struct polis_timer timer;
+    struct polis_watch w;         /* first */
+    struct polis_timer timer;     /* the phase's timeout: head, body, idle, slow reader */
+    struct polis_timer req_timer; /* timeouts.request: from the parsed head to the last byte */
     struct gw_worker *wk;
     struct gw_dconn *next, *prev;
     struct polis_buf in;
@@ -196,6 +197,7 @@ fail_close : {
 
 static void d_event(struct polis_loop *loop, struct polis_watch *w, unsigned events);
 static void d_timeout(struct polis_loop *loop, struct polis_timer *t);
+static void d_request_timeout(struct polis_loop *loop, struct polis_timer *t);
 
 static void req_release(struct gw_dconn *c);
 
@@ -205,6 +207,7 @@ static void d_free(struct gw_dconn *c)
     if (c->state == D_REQUEST)
         req_release(c);
     polis_timer_cancel(wk->loop, &c->timer);
+    polis_timer_cancel(wk->loop, &c->req_timer);
     polis_loop_del(wk->loop, &c->w);
     close(c->w.fd);
     polis_buf_free(&c->in);
@@ -240,6 +243,7 @@ void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_sto
     c->wk = wk;
     c->state = D_IDLE;
     polis_timer_init(&c->timer, d_timeout);
+    polis_timer_init(&c->req_timer, d_request_timeout);
     polis_buf_init(&c->in, cfg->limits.max_header_bytes > POLIS_BLOCK_SIZE
                                ? cfg->limits.max_header_bytes
                                : POLIS_BLOCK_SIZE);
@@ -688,6 +692,9 @@ static void req_begin(struct gw_dconn *c)
     r->request_id_len = 0;
     if (alog_on(wk))
         clock_gettime(CLOCK_MONOTONIC, &r->t0);
+    uint64_t limit = r->ws->snap->cfg->timeouts.request_ms;
+    if (limit > 0)
+        polis_timer_arm(wk->loop, &c->req_timer, limit);
     c->state = D_REQUEST;
 }
 
@@ -712,6 +719,7 @@ static void req_release(struct gw_dconn *c)
         polis__wsnap_unref(c->wk, ws);
     }
     polis_timer_cancel(c->wk->loop, &c->timer);
+    polis_timer_cancel(c->wk->loop, &c->req_timer);
 }
 
 /* Split a request target into path and query; absolute-form "http://host/p" gives "/p". */
@@ -1481,6 +1489,24 @@ static void d_timeout(struct polis_loop *loop, struct polis_timer *t)
         d_free(c);
         return;
     }
+}
+
+/* The whole request took longer than timeouts.request: answer 504 if nothing was sent yet. */
+static void d_request_timeout(struct polis_loop *loop, struct polis_timer *t)
+{
+    struct gw_dconn *c = (struct gw_dconn *)((char *)t - offsetof(struct gw_dconn, req_timer));
+    struct gw_req *r = &c->r;
+    if (c->state != D_REQUEST || r->resp_head_done) {
+        d_free(c);
+        return;
+    }
+    if (r->up != NULL) {
+        u_free(r->up);
+        r->up = NULL;
+    }
+    error_response(c, 504, "gateway_timeout", "request took longer than timeouts.request");
+    c->can_write = true;
+    d_run(c);
 }
 
 void polis__proxy_drain(struct gw_worker *wk)

@@ -110,7 +110,8 @@ struct server_thread {
     struct conn *conns;
     size_t nconns;
     struct conn *ready_head, *ready_tail; /* connections that used up their turn */
-    struct polis_response res;            /* one handler runs at a time per thread: reused */
+    size_t nready;
+    struct polis_response res; /* one handler runs at a time per thread: reused */
 };
 
 struct polis_server {
@@ -276,6 +277,7 @@ static void conn_queue(struct conn *c)
     else
         th->ready_head = c;
     th->ready_tail = c;
+    th->nready++;
     polis_async_send(&th->wake);
 }
 
@@ -294,6 +296,7 @@ static void conn_unqueue(struct conn *c)
         th->ready_tail = c->rprev;
     c->rprev = c->rnext = NULL;
     c->queued = false;
+    th->nready--;
 }
 
 static void conn_close(struct conn *c)
@@ -411,7 +414,7 @@ static void split_target(struct polis_str target, struct polis_str *path, struct
         *query = (struct polis_str){end, 0};
 }
 
-/* Write the handler's response (or a 500 for an incomplete one) to the output buffer. */
+/* Append the handler's response to the output; on failure the output is left as it was. */
 static int conn_queue_response(struct conn *c, struct polis_response *res, bool head_request,
                                bool keep_alive)
 {
@@ -893,14 +896,10 @@ static void thread_on_drain_timeout(struct polis_loop *loop, struct polis_timer 
 static void thread_on_wake(struct polis_async *a)
 {
     struct server_thread *th = container_of(a, struct server_thread, wake);
-    struct conn *last = th->ready_tail;
-    while (last != NULL && th->ready_head != NULL) {
-        struct conn *c = th->ready_head;
-        bool was_last = c == last;
-        conn_run(c); /* unqueues c first; may queue it again at the tail or free it */
-        if (was_last)
-            break;
-    }
+    /* conn_run(c) changes the queue only by taking c off its front and maybe putting it back at
+     * the tail, so the first n entries are exactly the ones queued before. */
+    for (size_t n = th->nready; n > 0 && th->ready_head != NULL; n--)
+        conn_run(th->ready_head);
     if (!atomic_load(&th->srv->stop) || th->stopping)
         return;
     th->stopping = true;
