@@ -51,8 +51,9 @@ struct gw_req {
     uint8_t resp_mode;
     uint64_t resp_left;
     struct polis_h1_chunked resp_chunk;
-    size_t resp_ready; /* classified response bytes at the front of the upstream buffer */
-    size_t scan;       /* response head search resume */
+    size_t resp_ready;        /* classified response bytes at the front of the upstream buffer */
+    size_t scan;              /* response head search resume */
+    struct polis_str resp_te; /* the response's Transfer-Encoding value, while its head is built */
     int status;
     int attempts;
     uint64_t bytes_in, bytes_out;
@@ -596,8 +597,12 @@ static int build_client_head(struct gw_dconn *c, const struct polis_h1_msg *m, b
     if (!interim) {
         if (r->tunnel)
             APPEND_LIT(b, "Connection: upgrade\r\n");
-        else if (r->resp_mode == BODY_CHUNKED && !r->dechunk)
-            APPEND_LIT(b, "Transfer-Encoding: chunked\r\n");
+        else if (r->resp_mode == BODY_CHUNKED && !r->dechunk) {
+            /* Passed through as sent ("gzip, chunked" keeps its gzip). */
+            APPEND_LIT(b, "Transfer-Encoding: ");
+            append_str(b, r->resp_te);
+            APPEND_LIT(b, "\r\n");
+        }
         if (!r->tunnel) {
             if (c->close_after)
                 APPEND_LIT(b, "Connection: close\r\n");
@@ -823,8 +828,8 @@ static uint64_t upstream_timeout(const struct gw_req *r)
     return r->route->timeout_ms ? r->route->timeout_ms : r->cluster->timeout_ms;
 }
 
-/* Take a pooled connection to the request's instance or open a new one. Returns 0, or DONE after
- * preparing a 502 when no connection can be made. */
+/* Take a pooled connection to the request's instance or open a new one. Returns 0, or DONE when
+ * no connection can be made (a 502 answer is then prepared, to be flushed). */
 static int req_connect(struct gw_dconn *c, bool fresh)
 {
     struct gw_req *r = &c->r;
@@ -1069,8 +1074,12 @@ static int handle_response_head(struct gw_dconn *c, struct polis_h1_msg *m, size
             return upstream_failed(c, 502, "upstream switched protocols unasked");
         r->tunnel = true;
     }
+    int te = m->hdr_index[POLIS_HDR_TRANSFER_ENCODING];
+    if (te >= 0 && m->body == POLIS_BODY_CLOSE)
+        return upstream_failed(c, 502, "upstream used a transfer coding other than chunked");
     r->status = m->status;
     r->upstream_reusable = m->keep_alive && !r->tunnel;
+    r->resp_te = te >= 0 ? m->headers[te].value : (struct polis_str){NULL, 0};
     switch (m->body) {
     case POLIS_BODY_LENGTH:
         r->resp_mode = BODY_LENGTH;
@@ -1252,8 +1261,9 @@ static int recv_response(struct gw_dconn *c)
 }
 
 /* The upstream failed before a response could be forwarded: retry once on a fresh connection if
- * a reused one went stale before answering and nothing unrepeatable was sent; otherwise answer
- * status. Returns AGAIN (retrying), DONE (answer prepared) or GONE. */
+ * a reused one went stale before answering and nothing unrepeatable was sent; otherwise prepare
+ * the error answer. Returns AGAIN (retrying, or the answer waits to be flushed by
+ * recv_response()) or GONE. */
 static int upstream_failed(struct gw_dconn *c, int status, const char *why)
 {
     struct gw_req *r = &c->r;
@@ -1270,13 +1280,11 @@ static int upstream_failed(struct gw_dconn *c, int status, const char *why)
     if (stale && !r->body_started && r->attempts < 3) {
         r->scan = 0;
         r->req_done = false;
-        if (req_connect(c, true) == 0)
-            return AGAIN;
-        return DONE;
+        req_connect(c, true); /* on failure it prepared the answer itself */
+        return AGAIN;
     }
-    /* Answer after the request head went out: the rest of the request body is unread. */
     error_response(c, status, status == 504 ? "gateway_timeout" : "bad_gateway", why);
-    return DONE;
+    return AGAIN;
 }
 
 /* ---- The request cycle ----------------------------------------------------------------------- */
@@ -1388,10 +1396,8 @@ static void d_run(struct gw_dconn *c)
         }
         struct gw_req *r = &c->r;
         int rc = AGAIN;
-        if (!r->resp_done && r->up == NULL && r->cluster != NULL) {
-            if (req_connect(c, false) != 0)
-                rc = DONE;
-        }
+        if (!r->resp_done && r->up == NULL && r->cluster != NULL)
+            req_connect(c, false); /* on failure an answer is prepared: the loop flushes it */
         /* send_request() only moves bytes; recv_response() flushes whatever answer is ready
          * and says when the exchange is over. */
         while (rc == AGAIN) {

@@ -31,6 +31,8 @@ static struct gw_pool *pool_find(struct gw_worker *wk, const struct polis_addr *
 }
 
 /* Make s the worker's current snapshot. Returns 0 or POLIS_ENOMEM (the old one stays). */
+static void wsnap_gc(struct gw_worker *wk, struct gw_wsnap *ws);
+
 static int wsnap_adopt(struct gw_worker *wk, struct gw_snapshot *s)
 {
     struct gw_wsnap *ws = calloc(1, sizeof(*ws));
@@ -61,7 +63,7 @@ static int wsnap_adopt(struct gw_worker *wk, struct gw_snapshot *s)
     if (prev != NULL) {
         prev->next = wk->old;
         wk->old = prev;
-        polis__wsnap_unref(wk, prev);
+        wsnap_gc(wk, prev);
     }
     return 0;
 fail:
@@ -70,18 +72,10 @@ fail:
     return POLIS_ENOMEM;
 }
 
-/* Called when a request using ws ends (or when ws stops being current): a snapshot that is no
- * longer current and has no request left is handed back. */
-void polis__wsnap_unref(struct gw_worker *wk, struct gw_wsnap *ws)
+/* Free ws once it is neither current nor used by a request, handing its snapshot back. */
+static void wsnap_gc(struct gw_worker *wk, struct gw_wsnap *ws)
 {
-    if (ws != wk->cur && ws->inflight > 0 && --ws->inflight > 0)
-        return;
-    if (ws == wk->cur) {
-        if (ws->inflight > 0)
-            ws->inflight--;
-        return;
-    }
-    if (ws->inflight > 0)
+    if (ws == wk->cur || ws->inflight > 0)
         return;
     struct gw_wsnap **pp = &wk->old;
     while (*pp != NULL && *pp != ws)
@@ -91,6 +85,13 @@ void polis__wsnap_unref(struct gw_worker *wk, struct gw_wsnap *ws)
     polis__snapshot_release(ws->snap);
     free(ws->pools);
     free(ws);
+}
+
+/* A request that pinned ws (inflight++) ended. */
+void polis__wsnap_unref(struct gw_worker *wk, struct gw_wsnap *ws)
+{
+    ws->inflight--;
+    wsnap_gc(wk, ws);
 }
 
 /* ---- Listener and loop ----------------------------------------------------------------------- */
