@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/types.h>
 #include <sys/uio.h>
 
 #define POLIS_API __attribute__((visibility("default")))
@@ -187,6 +188,69 @@ static inline size_t polis_buf_len(const struct polis_buf *b)
 static inline char *polis_buf_head(const struct polis_buf *b)
 {
     return b->data + b->start;
+}
+
+/* ---- I/O layers -------------------------------------------------------------------------- */
+
+/* Connection I/O goes through a small table of operations so that the HTTP code does not know
+ * whether bytes travel over a plain socket, TLS (a later layer) or memory (tests, fuzzers). */
+struct polis_io;
+
+struct polis_io_ops {
+    /* Read up to len bytes. Returns the count (> 0), 0 at the end of the stream, or -1 with
+     * errno set (EAGAIN when nothing is ready now). */
+    ssize_t (*read)(struct polis_io *io, void *buf, size_t len);
+    /* Write from iov. Returns the bytes taken (>= 0) or -1 with errno (EAGAIN: try later).
+     * Never raises SIGPIPE. */
+    ssize_t (*writev)(struct polis_io *io, const struct iovec *iov, int iovcnt);
+    /* Stop sending: the peer reads the end of the stream after what was written. */
+    void (*shutdown)(struct polis_io *io);
+};
+
+struct polis_io {
+    const struct polis_io_ops *ops;
+    int fd;    /* the descriptor the loop watches (-1 for memory) */
+    void *ctx; /* the layer's state */
+};
+
+/* Plain non-blocking sockets: io->fd is the socket. */
+POLIS_API extern const struct polis_io_ops polis_io_socket_ops;
+
+static inline void polis_io_socket(struct polis_io *io, int fd)
+{
+    io->ops = &polis_io_socket_ops;
+    io->fd = fd;
+    io->ctx = NULL;
+}
+static inline ssize_t polis_io_read(struct polis_io *io, void *buf, size_t len)
+{
+    return io->ops->read(io, buf, len);
+}
+static inline ssize_t polis_io_writev(struct polis_io *io, const struct iovec *iov, int n)
+{
+    return io->ops->writev(io, iov, n);
+}
+
+/* An in-memory peer: reads are served from `in` (at most `read_chunk` bytes per call when not
+ * 0, then EAGAIN once per chunk boundary when `stutter` is set), then end of stream when `eof`
+ * is set or EAGAIN otherwise; writes are appended to `out` (at most `write_chunk` bytes per call
+ * when not 0, so callers see short writes). Owned by the caller; `out` must be initialised. */
+struct polis_io_mem {
+    const char *in;
+    size_t in_len, in_pos;
+    size_t read_chunk, write_chunk;
+    bool eof, stutter, stalled;
+    bool shut; /* shutdown() was called */
+    struct polis_buf out;
+};
+
+POLIS_API extern const struct polis_io_ops polis_io_mem_ops;
+
+static inline void polis_io_memory(struct polis_io *io, struct polis_io_mem *m)
+{
+    io->ops = &polis_io_mem_ops;
+    io->fd = -1;
+    io->ctx = m;
 }
 
 /* ---- Arenas ------------------------------------------------------------------------------- */

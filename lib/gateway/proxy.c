@@ -20,6 +20,7 @@ enum body_mode { BODY_NONE, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
 
 struct gw_uconn {
     struct polis_watch w; /* first: the loop hands us this pointer */
+    struct polis_io io;   /* bytes go through this layer (plain TCP today) */
     struct polis_timer timer;
     struct gw_worker *wk;
     struct gw_pool *pool;
@@ -66,7 +67,8 @@ struct gw_req {
 enum dstate { D_IDLE, D_HEAD, D_REQUEST, D_LINGER };
 
 struct gw_dconn {
-    struct polis_watch w;         /* first */
+    struct polis_watch w; /* first */
+    struct polis_io io;
     struct polis_timer timer;     /* the phase's timeout: head, body, idle, slow reader */
     struct polis_timer req_timer; /* timeouts.request: from the parsed head to the last byte */
     struct gw_worker *wk;
@@ -172,6 +174,7 @@ static struct gw_uconn *u_connect(struct gw_worker *wk, struct gw_pool *p)
         goto fail_close;
     u->wk = wk;
     u->pool = p;
+    polis_io_socket(&u->io, fd);
     polis_timer_init(&u->timer, u_timeout);
     polis_buf_init(&u->in, POLIS_BLOCK_SIZE);
     int rc = connect(fd, (const struct sockaddr *)&p->addr.ss, p->addr.len);
@@ -243,6 +246,7 @@ void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_sto
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     c->wk = wk;
     c->state = D_IDLE;
+    polis_io_socket(&c->io, fd);
     polis_timer_init(&c->timer, d_timeout);
     polis_timer_init(&c->req_timer, d_request_timeout);
     polis_buf_init(&c->in, cfg->limits.max_header_bytes > POLIS_BLOCK_SIZE
@@ -280,7 +284,7 @@ static ssize_t d_read(struct gw_dconn *c)
     if (rc < 0)
         return rc;
     for (;;) {
-        ssize_t n = recv(c->w.fd, c->in.data + c->in.end, c->in.size - c->in.end, 0);
+        ssize_t n = polis_io_read(&c->io, c->in.data + c->in.end, c->in.size - c->in.end);
         if (n > 0) {
             c->in.end += (size_t)n;
             c->r.bytes_in += (uint64_t)n;
@@ -309,7 +313,7 @@ static void d_linger(struct gw_dconn *c)
     if (c->state == D_REQUEST)
         req_release(c);
     c->state = D_LINGER;
-    shutdown(c->w.fd, SHUT_WR);
+    c->io.ops->shutdown(&c->io);
     polis_buf_free(&c->in);
     polis_timer_arm(c->wk->loop, &c->timer, 2000);
 }
@@ -318,7 +322,7 @@ static void d_linger_read(struct gw_dconn *c)
 {
     char sink[4096];
     for (;;) {
-        ssize_t n = recv(c->w.fd, sink, sizeof(sink), 0);
+        ssize_t n = polis_io_read(&c->io, sink, sizeof(sink));
         if (n > 0)
             continue;
         if (n < 0 && errno == EINTR)
@@ -941,7 +945,7 @@ static int send_request(struct gw_dconn *c)
         }
         if (!u->connected || !u->can_write)
             return WAIT;
-        ssize_t w = writev(u->w.fd, iov, n);
+        ssize_t w = polis_io_writev(&u->io, iov, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -1029,7 +1033,7 @@ static int flush_client(struct gw_dconn *c)
             return AGAIN;
         if (!c->can_write)
             return WAIT;
-        ssize_t w = writev(c->w.fd, iov, n);
+        ssize_t w = polis_io_writev(&c->io, iov, n);
         if (w < 0) {
             if (errno == EINTR)
                 continue;
@@ -1120,7 +1124,8 @@ static int run_tunnel(struct gw_dconn *c)
         bool progress = false;
         /* client -> upstream */
         if (polis_buf_len(&c->in) > 0 && u->can_write) {
-            ssize_t w = send(u->w.fd, polis_buf_head(&c->in), polis_buf_len(&c->in), MSG_NOSIGNAL);
+            ssize_t w = polis_io_writev(
+                &u->io, &(struct iovec){polis_buf_head(&c->in), polis_buf_len(&c->in)}, 1);
             if (w > 0) {
                 polis_buf_consume(&c->in, (size_t)w);
                 progress = true;
@@ -1141,7 +1146,8 @@ static int run_tunnel(struct gw_dconn *c)
         }
         /* upstream -> client */
         if (polis_buf_len(&u->in) > 0 && c->can_write) {
-            ssize_t w = send(c->w.fd, polis_buf_head(&u->in), polis_buf_len(&u->in), MSG_NOSIGNAL);
+            ssize_t w = polis_io_writev(
+                &c->io, &(struct iovec){polis_buf_head(&u->in), polis_buf_len(&u->in)}, 1);
             if (w > 0) {
                 polis_buf_consume(&u->in, (size_t)w);
                 r->bytes_out += (uint64_t)w;
@@ -1158,7 +1164,7 @@ static int run_tunnel(struct gw_dconn *c)
                 d_free(c);
                 return GONE;
             }
-            ssize_t n = recv(u->w.fd, u->in.data + u->in.end, u->in.size - u->in.end, 0);
+            ssize_t n = polis_io_read(&u->io, u->in.data + u->in.end, u->in.size - u->in.end);
             if (n > 0) {
                 u->in.end += (size_t)n;
                 progress = true;
@@ -1232,7 +1238,7 @@ static int recv_response(struct gw_dconn *c)
         }
         if (polis_buf_reserve(&u->in, 1) < 0)
             return upstream_failed(c, 502, "upstream response head too large");
-        ssize_t n = recv(u->w.fd, u->in.data + u->in.end, u->in.size - u->in.end, 0);
+        ssize_t n = polis_io_read(&u->io, u->in.data + u->in.end, u->in.size - u->in.end);
         if (n > 0) {
             u->in.end += (size_t)n;
             r->got_response_bytes = true;
