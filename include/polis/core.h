@@ -185,9 +185,10 @@ static inline size_t polis_buf_len(const struct polis_buf *b)
 {
     return b->end - b->start;
 }
+/* The first unread byte; NULL for a buffer that holds no memory (NULL + 0 is undefined). */
 static inline char *polis_buf_head(const struct polis_buf *b)
 {
-    return b->data + b->start;
+    return b->data != NULL ? b->data + b->start : NULL;
 }
 
 /* ---- I/O layers -------------------------------------------------------------------------- */

@@ -83,6 +83,10 @@ struct gw_worker {
     bool draining;
     bool stopped;
     atomic_bool stop_now; /* set by the main thread: drain deadline passed */
+    /* Tests and fuzzers: open upstream connections as this layer instead of a socket.
+     * Returns 0 and fills io, or a negative code (the connection is refused). */
+    int (*connect_io)(struct gw_worker *wk, const struct polis_addr *to, struct polis_io *io);
+    void *test_ud;
 };
 
 struct polis_gateway {
@@ -104,12 +108,23 @@ void polis__snapshot_release(struct gw_snapshot *s);
 
 /* Proxying (proxy.c), all on the worker's thread. */
 void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_storage *ss);
+/* Serve a client connection on an existing layer (tests, fuzzers: an in-memory peer). */
+void polis__proxy_accept_io(struct gw_worker *wk, const struct polis_io *io,
+                            const struct sockaddr_storage *ss);
+/* Tests: treat every connection of the worker as readable and writable and run it once, as
+ * epoll would for in-memory peers. Returns true while connections remain. */
+bool polis__proxy_poke(struct gw_worker *wk);
 /* Close idle client connections and ask busy ones to close after their response (drain). */
 void polis__proxy_drain(struct gw_worker *wk);
 /* Close every connection now. */
 void polis__proxy_close_all(struct gw_worker *wk);
 /* Close every idle upstream connection of the worker. */
 void polis__pools_close_all(struct gw_worker *wk);
+
+/* Set up a worker on snapshot s without a listener or a thread, and tear it down (tests). */
+int polis__worker_setup(struct polis_gateway *gw, struct gw_worker *wk, int id,
+                        struct gw_snapshot *s);
+void polis__worker_teardown(struct gw_worker *wk);
 
 /* Worker snapshots (worker.c). */
 void polis__wsnap_unref(struct gw_worker *wk, struct gw_wsnap *ws);

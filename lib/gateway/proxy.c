@@ -97,8 +97,10 @@ static int upstream_failed(struct gw_dconn *c, int status, const char *why);
 static void u_free(struct gw_uconn *u)
 {
     polis_timer_cancel(u->wk->loop, &u->timer);
-    polis_loop_del(u->wk->loop, &u->w);
-    close(u->w.fd);
+    if (u->io.fd >= 0) { /* in-memory peers (tests) have no descriptor */
+        polis_loop_del(u->wk->loop, &u->w);
+        close(u->w.fd);
+    }
     polis_buf_free(&u->in);
     free(u);
 }
@@ -164,6 +166,23 @@ void polis__pools_close_all(struct gw_worker *wk)
 /* Open a new connection to the pool's address. Returns NULL with errno set on failure. */
 static struct gw_uconn *u_connect(struct gw_worker *wk, struct gw_pool *p)
 {
+    if (wk->connect_io != NULL) { /* tests: an in-memory upstream instead of a socket */
+        struct gw_uconn *u = calloc(1, sizeof(*u));
+        if (u == NULL)
+            return NULL;
+        u->wk = wk;
+        u->pool = p;
+        polis_timer_init(&u->timer, u_timeout);
+        polis_buf_init(&u->in, POLIS_BLOCK_SIZE);
+        if (wk->connect_io(wk, &p->addr, &u->io) < 0) {
+            free(u);
+            errno = ECONNREFUSED;
+            return NULL;
+        }
+        u->w.fd = -1;
+        u->connected = u->can_write = u->can_read = true;
+        return u;
+    }
     int fd = socket(p->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return NULL;
@@ -212,8 +231,10 @@ static void d_free(struct gw_dconn *c)
         req_release(c);
     polis_timer_cancel(wk->loop, &c->timer);
     polis_timer_cancel(wk->loop, &c->req_timer);
-    polis_loop_del(wk->loop, &c->w);
-    close(c->w.fd);
+    if (c->io.fd >= 0) {
+        polis_loop_del(wk->loop, &c->w);
+        close(c->w.fd);
+    }
     polis_buf_free(&c->in);
     polis_buf_free(&c->r.hbuf);
     polis_buf_free(&c->r.dhead);
@@ -230,23 +251,20 @@ static void d_free(struct gw_dconn *c)
         polis_loop_stop(wk->loop);
 }
 
-void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_storage *ss)
+/* Set up a client connection on io; it is registered with the loop when it has a descriptor. */
+static void d_start(struct gw_worker *wk, const struct polis_io *io,
+                    const struct sockaddr_storage *ss)
 {
     const struct polis_config *cfg = wcfg(wk);
-    if (wk->num_conns >= cfg->limits.max_connections) {
-        close(fd);
-        return;
-    }
+    if (wk->num_conns >= cfg->limits.max_connections)
+        goto refuse;
     struct gw_dconn *c = calloc(1, sizeof(*c));
-    if (c == NULL) {
-        close(fd);
-        return;
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    if (c == NULL)
+        goto refuse;
     c->wk = wk;
     c->state = D_IDLE;
-    polis_io_socket(&c->io, fd);
+    c->io = *io;
+    c->w.fd = io->fd;
     polis_timer_init(&c->timer, d_timeout);
     polis_timer_init(&c->req_timer, d_request_timeout);
     polis_buf_init(&c->in, cfg->limits.max_header_bytes > POLIS_BLOCK_SIZE
@@ -260,10 +278,10 @@ void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_sto
     else if (ss->ss_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->ip, sizeof(c->ip));
     c->ip_len = (uint8_t)strlen(c->ip);
-    if (polis_loop_add(wk->loop, &c->w, fd, POLIS_EV_READ | POLIS_EV_WRITE, d_event) < 0) {
-        close(fd);
+    if (io->fd >= 0 &&
+        polis_loop_add(wk->loop, &c->w, io->fd, POLIS_EV_READ | POLIS_EV_WRITE, d_event) < 0) {
         free(c);
-        return;
+        goto refuse;
     }
     c->next = wk->conns;
     if (wk->conns != NULL)
@@ -274,6 +292,25 @@ void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_sto
     c->can_read = true;
     polis_timer_arm(wk->loop, &c->timer, cfg->timeouts.header_read_ms);
     d_run(c);
+    return;
+refuse:
+    if (io->fd >= 0)
+        close(io->fd);
+}
+
+void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_storage *ss)
+{
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    struct polis_io io;
+    polis_io_socket(&io, fd);
+    d_start(wk, &io, ss);
+}
+
+void polis__proxy_accept_io(struct gw_worker *wk, const struct polis_io *io,
+                            const struct sockaddr_storage *ss)
+{
+    d_start(wk, io, ss);
 }
 
 /* Read what the client sent into c->in. Returns bytes read, 0 on EOF, POLIS_EAGAIN,
@@ -548,6 +585,11 @@ static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
     if (hi >= 0) {
         APPEND_LIT(b, "X-Forwarded-Host: ");
         append_str(b, m->headers[hi].value);
+        APPEND_LIT(b, "\r\n");
+    } else { /* HTTP/1.0 without Host: HTTP/1.1 requires one, so name the instance */
+        const char *addr = r->cluster->instances[r->inst].addr.text;
+        APPEND_LIT(b, "Host: ");
+        polis_buf_append(b, addr, strlen(addr));
         APPEND_LIT(b, "\r\n");
     }
     APPEND_LIT(b, "Via: ");
@@ -1532,6 +1574,35 @@ void polis__proxy_drain(struct gw_worker *wk)
             c->close_after = true;
         c = next;
     }
+}
+
+bool polis__proxy_poke(struct gw_worker *wk)
+{
+    /* Every connection may have become readable and writable: what epoll would say for
+     * in-memory peers. Collect first: d_run() may free connections of the list. */
+    size_t n = 0;
+    for (struct gw_dconn *c = wk->conns; c != NULL; c = c->next)
+        n++;
+    struct gw_dconn **all = calloc(n + 1, sizeof(*all));
+    if (all == NULL)
+        return false;
+    n = 0;
+    for (struct gw_dconn *c = wk->conns; c != NULL; c = c->next)
+        all[n++] = c;
+    for (size_t i = 0; i < n; i++) {
+        struct gw_dconn *c = all[i];
+        bool alive = false;
+        for (struct gw_dconn *k = wk->conns; k != NULL && !alive; k = k->next)
+            alive = k == c;
+        if (!alive)
+            continue;
+        c->can_read = c->can_write = true;
+        if (c->state == D_REQUEST && c->r.up != NULL)
+            c->r.up->can_read = c->r.up->can_write = true;
+        d_run(c);
+    }
+    free(all);
+    return wk->conns != NULL;
 }
 
 void polis__proxy_close_all(struct gw_worker *wk)

@@ -233,8 +233,8 @@ static void worker_free(struct gw_worker *wk)
     polis_loop_free(wk->loop);
 }
 
-static int worker_init(struct polis_gateway *gw, struct gw_worker *wk, int id,
-                       struct gw_snapshot *s)
+int polis__worker_setup(struct polis_gateway *gw, struct gw_worker *wk, int id,
+                        struct gw_snapshot *s)
 {
     wk->id = id;
     wk->gw = gw;
@@ -255,6 +255,23 @@ static int worker_init(struct polis_gateway *gw, struct gw_worker *wk, int id,
     }
     if (polis_async_init(wk->loop, &wk->wake, on_wake) < 0)
         return POLIS_ESYS;
+    polis_loop_set_flush(wk->loop, alog_flush, wk);
+    return 0;
+}
+
+void polis__worker_teardown(struct gw_worker *wk)
+{
+    polis__proxy_close_all(wk);
+    polis__pools_close_all(wk);
+    worker_free(wk);
+}
+
+static int worker_init(struct polis_gateway *gw, struct gw_worker *wk, int id,
+                       struct gw_snapshot *s)
+{
+    int rc = polis__worker_setup(gw, wk, id, s);
+    if (rc < 0)
+        return rc;
     wk->listen_fd = listen_on(&s->cfg->listen);
     if (wk->listen_fd < 0) {
         polis_error("cannot listen on %s: %s", s->cfg->listen.text, strerror(errno));
@@ -262,7 +279,6 @@ static int worker_init(struct polis_gateway *gw, struct gw_worker *wk, int id,
     }
     if (polis_loop_add(wk->loop, &wk->listen_w, wk->listen_fd, POLIS_EV_READ, on_accept) < 0)
         return POLIS_ESYS;
-    polis_loop_set_flush(wk->loop, alog_flush, wk);
     return 0;
 }
 
