@@ -78,6 +78,7 @@ struct gw_worker {
     size_t num_conns;
     struct gw_pool *pools;
     struct polis_buf alog; /* access log lines not yet written */
+    char *spare;           /* a block for reads by connections that hold none */
     uint64_t req_seq;
     char id_prefix[17];
     bool draining;
@@ -91,6 +92,7 @@ struct gw_worker {
 
 struct polis_gateway {
     struct gw_snapshot *_Atomic snap;
+    pthread_mutex_t snap_lock; /* publishing a snapshot vs. a worker taking a reference */
     atomic_uint_fast64_t version;
     struct gw_worker *workers;
     int num_workers;

@@ -113,6 +113,27 @@ static int listen_on(const struct polis_addr *a)
     return fd;
 }
 
+/* Workers share the port through SO_REUSEPORT, which would also let a second gateway (a stale
+ * one, a typo in a deploy script) bind it silently and take part of the traffic. A bind without
+ * SO_REUSEPORT fails while anything listens there, which tells. Returns 0 or POLIS_ESYS. */
+static int check_port_free(const struct polis_addr *a)
+{
+    int fd = socket(a->ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return POLIS_ESYS;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int rc = bind(fd, (const struct sockaddr *)&a->ss, a->len);
+    int e = errno;
+    close(fd);
+    if (rc < 0) {
+        polis_error("cannot listen on %s: %s%s", a->text, strerror(e),
+                    e == EADDRINUSE ? " (another process listens there)" : "");
+        return POLIS_ESYS;
+    }
+    return 0;
+}
+
 static void on_accept(struct polis_loop *loop, struct polis_watch *w, unsigned events)
 {
     struct gw_worker *wk = (struct gw_worker *)((char *)w - offsetof(struct gw_worker, listen_w));
@@ -169,9 +190,15 @@ static void on_wake(struct polis_async *a)
 {
     struct gw_worker *wk = (struct gw_worker *)((char *)a - offsetof(struct gw_worker, wake));
     struct polis_gateway *gw = wk->gw;
+    /* Load and reference under the lock that reload publishes under: otherwise a second
+     * reload could free s between the load and the reference. Rare: not the hot path. */
+    pthread_mutex_lock(&gw->snap_lock);
     struct gw_snapshot *s = atomic_load(&gw->snap);
-    if (s != wk->cur->snap) {
+    bool fresh = s != wk->cur->snap;
+    if (fresh)
         atomic_fetch_add(&s->refs, 1);
+    pthread_mutex_unlock(&gw->snap_lock);
+    if (fresh) {
         if (wsnap_adopt(wk, s) < 0) {
             polis__snapshot_release(s);
             polis_error("worker %d: out of memory adopting configuration %llu", wk->id,
@@ -229,6 +256,8 @@ static void worker_free(struct gw_worker *wk)
         free(p);
     }
     free(wk->hdrs);
+    polis_block_put(wk->spare);
+    wk->spare = NULL;
     polis_buf_free(&wk->alog);
     polis_loop_free(wk->loop);
 }
@@ -350,9 +379,13 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
         return rc;
     }
     atomic_init(&gw->snap, s);
+    pthread_mutex_init(&gw->snap_lock, NULL);
     atomic_init(&gw->version, 1);
     atomic_init(&gw->alog_fd, open_access_log(cfg->access_log));
     gw->alog_path = cfg->access_log != NULL ? strdup(cfg->access_log) : NULL;
+    rc = check_port_free(&cfg->listen);
+    if (rc < 0)
+        goto fail;
     gw->workers = calloc((size_t)n, sizeof(*gw->workers));
     if (gw->workers == NULL) {
         rc = POLIS_ENOMEM;
@@ -413,8 +446,10 @@ int polis__gateway_reload(struct polis_gateway *gw, struct polis_config *cfg)
     if (rc < 0)
         return rc;
     atomic_store(&gw->version, version);
+    pthread_mutex_lock(&gw->snap_lock);
     atomic_store(&gw->snap, s);
     polis__snapshot_release(old);
+    pthread_mutex_unlock(&gw->snap_lock);
     for (int i = 0; i < gw->num_workers; i++)
         polis_async_send(&gw->workers[i].wake);
     polis_info("configuration %llu loaded from %s", (unsigned long long)version, cfg->source);
