@@ -13,6 +13,9 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Append a string literal (a literal only: sizeof of a pointer would be wrong). */
+#define APPEND_LIT(b, lit) polis_buf_append((b), "" lit, sizeof(lit) - 1)
+
 /* Results of the steps below. GONE means the client connection was freed: touch nothing. */
 enum { WAIT = 0, DONE = 1, GONE = -1, AGAIN = 2 };
 
@@ -27,6 +30,7 @@ struct gw_uconn {
     struct gw_dconn *owner; /* NULL while idle in the pool */
     struct gw_uconn *next;  /* in the pool's idle list */
     struct polis_buf in;    /* response bytes */
+    uint64_t idle_since;    /* loop time it went back to the pool */
     bool connected, can_read, can_write, reused;
 };
 
@@ -46,7 +50,9 @@ struct gw_req {
     struct polis_h1_chunked req_chunk;
     size_t body_ready; /* classified body bytes at the front of the client buffer, unsent */
     bool req_body_done, req_done, body_started;
-    bool head_request, upgrade, client_10, expect_continue;
+    bool head_request, upgrade, client_10, expect_continue, idempotent;
+    bool up_write_blocked; /* the upstream's socket is full: waiting on it, not the client */
+    bool client_eof, upstream_eof, client_shut, upstream_shut; /* tunnels */
     /* response */
     bool resp_head_done, resp_done, dechunk, tunnel, got_response_bytes, upstream_reusable;
     uint8_t resp_mode;
@@ -92,7 +98,7 @@ static const struct polis_config *wcfg(const struct gw_worker *wk)
 static void u_event(struct polis_loop *loop, struct polis_watch *w, unsigned events);
 static void u_timeout(struct polis_loop *loop, struct polis_timer *t);
 static void d_run(struct gw_dconn *c);
-static int upstream_failed(struct gw_dconn *c, int status, const char *why);
+static int upstream_failed(struct gw_dconn *c, int status, const char *why, bool conn_lost);
 
 static void u_free(struct gw_uconn *u)
 {
@@ -125,16 +131,29 @@ static void idle_event(struct gw_uconn *u)
     u_free(u);
 }
 
-static struct gw_uconn *pool_take(struct gw_pool *p)
+/* Take the most recently used idle connection. One idle for a second or more is peeked first:
+ * a server that closed it (or sent an unasked 408) may have done so in this very loop
+ * iteration, before its event was dispatched, and its bytes must not pass for an answer. */
+static struct gw_uconn *pool_take(struct gw_pool *p, uint64_t now)
 {
-    struct gw_uconn *u = p->idle;
-    if (u == NULL)
-        return NULL;
-    p->idle = u->next;
-    p->num_idle--;
-    u->next = NULL;
-    u->reused = true;
-    return u;
+    for (;;) {
+        struct gw_uconn *u = p->idle;
+        if (u == NULL)
+            return NULL;
+        p->idle = u->next;
+        p->num_idle--;
+        u->next = NULL;
+        if (u->io.fd >= 0 && now - u->idle_since >= 1000) {
+            char byte;
+            ssize_t n = recv(u->io.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) {
+                u_free(u);
+                continue;
+            }
+        }
+        u->reused = true;
+        return u;
+    }
 }
 
 static void pool_put(struct gw_uconn *u, uint32_t keepalive, uint64_t idle_ms)
@@ -148,6 +167,7 @@ static void pool_put(struct gw_uconn *u, uint32_t keepalive, uint64_t idle_ms)
     if (polis_buf_len(&u->in) == 0)
         polis_buf_free(&u->in);
     u->next = p->idle;
+    u->idle_since = polis_loop_now(u->wk->loop);
     p->idle = u;
     p->num_idle++;
     polis_timer_arm(u->wk->loop, &u->timer, idle_ms);
@@ -157,7 +177,9 @@ void polis__pools_close_all(struct gw_worker *wk)
 {
     for (struct gw_pool *p = wk->pools; p != NULL; p = p->next) {
         while (p->idle != NULL) {
-            struct gw_uconn *u = pool_take(p);
+            struct gw_uconn *u = p->idle;
+            p->idle = u->next;
+            p->num_idle--;
             u_free(u);
         }
     }
@@ -223,12 +245,22 @@ static void d_timeout(struct polis_loop *loop, struct polis_timer *t);
 static void d_request_timeout(struct polis_loop *loop, struct polis_timer *t);
 
 static void req_release(struct gw_dconn *c);
+static bool alog_on(const struct gw_worker *wk);
+static void log_end(struct gw_dconn *c);
 
 static void d_free(struct gw_dconn *c)
 {
     struct gw_worker *wk = c->wk;
-    if (c->state == D_REQUEST)
+    if (c->state == D_REQUEST) {
+        /* A request that ends here was cut short: log it all the same (499: nothing was
+         * answered, as nginx says for a client that went away). */
+        if (c->r.request_id_len > 0 && alog_on(wk)) {
+            if (!c->r.resp_head_done || c->r.status == 0)
+                c->r.status = 499;
+            log_end(c);
+        }
         req_release(c);
+    }
     polis_timer_cancel(wk->loop, &c->timer);
     polis_timer_cancel(wk->loop, &c->req_timer);
     if (c->io.fd >= 0) {
@@ -317,30 +349,46 @@ void polis__proxy_accept_io(struct gw_worker *wk, const struct polis_io *io,
  * POLIS_ETOOBIG when the buffer is full, or POLIS_ESYS. */
 static ssize_t d_read(struct gw_dconn *c)
 {
-    int rc = polis_buf_reserve(&c->in, 1);
-    if (rc < 0)
-        return rc;
-    for (;;) {
-        ssize_t n = polis_io_read(&c->io, c->in.data + c->in.end, c->in.size - c->in.end);
-        if (n > 0) {
-            c->in.end += (size_t)n;
-            c->r.bytes_in += (uint64_t)n;
-            return n;
-        }
-        if (n == 0) {
-            c->peer_eof = true;
-            c->can_read = false;
-            return 0;
-        }
-        if (errno == EINTR)
-            continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            c->can_read = false;
-            return POLIS_EAGAIN;
-        }
-        c->can_read = false;
-        return POLIS_ESYS;
+    struct gw_worker *wk = c->wk;
+    /* A connection without a buffer reads into the worker's spare block and keeps it only if
+     * bytes came: idle and just-accepted connections hold no buffer at all. */
+    bool borrowed = c->in.data == NULL && c->in.cap >= POLIS_BLOCK_SIZE;
+    if (borrowed) {
+        if (wk->spare == NULL && (wk->spare = polis_block_get()) == NULL)
+            return POLIS_ENOMEM;
+        c->in.data = wk->spare;
+        c->in.size = POLIS_BLOCK_SIZE;
+        c->in.start = c->in.end = 0;
+    } else {
+        int rc = polis_buf_reserve(&c->in, 1);
+        if (rc < 0)
+            return rc;
     }
+    size_t space = c->in.size - c->in.end;
+    ssize_t n = polis_io_read(&c->io, c->in.data + c->in.end, space);
+    if (borrowed) {
+        if (n > 0) {
+            wk->spare = NULL; /* the block is the connection's now */
+        } else {
+            c->in.data = NULL;
+            c->in.size = 0;
+        }
+    }
+    if (n > 0) {
+        c->in.end += (size_t)n;
+        c->r.bytes_in += (uint64_t)n;
+        /* A short read emptied the socket: anything later comes with a new edge, so the read
+         * that would only say EAGAIN is saved. */
+        if ((size_t)n < space)
+            c->can_read = false;
+        return n;
+    }
+    c->can_read = false;
+    if (n == 0) {
+        c->peer_eof = true;
+        return 0;
+    }
+    return errno == EAGAIN || errno == EWOULDBLOCK ? POLIS_EAGAIN : POLIS_ESYS;
 }
 
 /* Lingering close: stop writing, swallow what the client still sends for a moment, then close,
@@ -468,7 +516,13 @@ static void log_end(struct gw_dconn *c)
     polis_buf_printf(b, "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"request_id\":\"%.*s\"",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      wall.tv_nsec / 1000000, (int)r->request_id_len, r->request_id);
-    polis_buf_append(b, polis_buf_head(&r->log), polis_buf_len(&r->log));
+    if (polis_buf_len(&r->log) > 0) {
+        polis_buf_append(b, polis_buf_head(&r->log), polis_buf_len(&r->log));
+    } else { /* the head never parsed (400, 408, 431...) */
+        polis_buf_append(b, ",\"client\":", 10);
+        json_str(b, (struct polis_str){c->ip, c->ip_len});
+        APPEND_LIT(b, ",\"method\":\"\",\"path\":\"\",\"host\":\"\"");
+    }
     polis_buf_printf(b,
                      ",\"status\":%d,\"bytes_received\":%llu,\"bytes_sent\":%llu,"
                      "\"duration_ms\":%.3f,\"upstream\":\"%s\",\"route\":",
@@ -480,6 +534,7 @@ static void log_end(struct gw_dconn *c)
     const char *cl = r->cluster != NULL ? r->cluster->name : "";
     json_str(b, (struct polis_str){cl, strlen(cl)});
     polis_buf_append(b, "}\n", 2);
+    r->request_id_len = 0; /* logged: once only */
 }
 
 /* ---- Building heads -------------------------------------------------------------------------- */
@@ -492,8 +547,6 @@ static bool name_in(struct polis_str name, char *const *names, size_t n)
     }
     return false;
 }
-
-#define APPEND_LIT(b, lit) polis_buf_append((b), (lit), sizeof(lit) - 1)
 
 static void append_str(struct polis_buf *b, struct polis_str s)
 {
@@ -696,6 +749,19 @@ static void error_response(struct gw_dconn *c, int status, const char *code, con
 
 /* ---- Request start --------------------------------------------------------------------------- */
 
+/* RFC 9110 9.2.2: may be sent again after a connection broke without changing the outcome. */
+static bool method_idempotent(struct polis_str m)
+{
+    static const struct polis_str safe[] = {POLIS_STR("GET"),     POLIS_STR("HEAD"),
+                                            POLIS_STR("OPTIONS"), POLIS_STR("TRACE"),
+                                            POLIS_STR("PUT"),     POLIS_STR("DELETE")};
+    for (size_t i = 0; i < sizeof(safe) / sizeof(safe[0]); i++) {
+        if (polis_str_eq(m, safe[i]))
+            return true;
+    }
+    return false;
+}
+
 static int parse_error_status(int rc, const char **code, const char **msg)
 {
     switch (rc) {
@@ -737,6 +803,7 @@ static void req_begin(struct gw_dconn *c)
     r->log = lb;
     r->hbuf.start = r->hbuf.end = 0;
     r->dhead.start = r->dhead.end = 0;
+    r->log.start = r->log.end = 0;
     r->bytes_in = polis_buf_len(&c->in);
     r->ws = wk->cur;
     r->ws->inflight++;
@@ -807,6 +874,7 @@ static int req_start(struct gw_dconn *c, const struct polis_h1_msg *m, size_t he
     if (alog_on(wk))
         log_begin(c, m);
     r->head_request = m->method.len == 4 && memcmp(m->method.p, "HEAD", 4) == 0;
+    r->idempotent = method_idempotent(m->method);
     r->client_10 = m->minor_version == 0;
     r->expect_continue = m->expect_continue;
     r->upgrade = m->upgrade;
@@ -880,12 +948,12 @@ static int req_connect(struct gw_dconn *c, bool fresh)
 {
     struct gw_req *r = &c->r;
     struct gw_pool *p = r->ws->pools[r->ws->snap->inst_base[r->cluster_idx] + r->inst];
-    struct gw_uconn *u = fresh ? NULL : pool_take(p);
+    struct gw_uconn *u = fresh ? NULL : pool_take(p, polis_loop_now(c->wk->loop));
     r->attempts++;
     if (u == NULL) {
         u = u_connect(c->wk, p);
         if (u == NULL) {
-            upstream_failed(c, 502, "cannot connect to upstream");
+            upstream_failed(c, 502, "cannot connect to upstream", false);
             return DONE;
         }
         if (!u->connected)
@@ -992,12 +1060,18 @@ static int send_request(struct gw_dconn *c)
             if (errno == EINTR)
                 continue;
             if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                /* The upstream does not take the request: its timeout runs, not the
+                 * client's (the client is not the one stalling). */
                 u->can_write = false;
+                r->up_write_blocked = true;
+                polis_timer_cancel(c->wk->loop, &c->timer);
+                polis_timer_arm(c->wk->loop, &u->timer, upstream_timeout(r));
                 return WAIT;
             }
-            return upstream_failed(c, 502, "upstream connection failed while sending");
+            return upstream_failed(c, 502, "upstream connection failed while sending", true);
         }
         size_t sent = (size_t)w;
+        r->up_write_blocked = false;
         size_t hs = sent < hleft ? sent : hleft;
         r->hsent += hs;
         sent -= hs;
@@ -1117,12 +1191,12 @@ static int handle_response_head(struct gw_dconn *c, struct polis_h1_msg *m, size
     }
     if (m->status == 101) {
         if (!r->upgrade)
-            return upstream_failed(c, 502, "upstream switched protocols unasked");
+            return upstream_failed(c, 502, "upstream switched protocols unasked", false);
         r->tunnel = true;
     }
     int te = m->hdr_index[POLIS_HDR_TRANSFER_ENCODING];
     if (te >= 0 && m->body == POLIS_BODY_CLOSE)
-        return upstream_failed(c, 502, "upstream used a transfer coding other than chunked");
+        return upstream_failed(c, 502, "upstream used a transfer coding other than chunked", false);
     r->status = m->status;
     r->upstream_reusable = m->keep_alive && !r->tunnel;
     r->resp_te = te >= 0 ? m->headers[te].value : (struct polis_str){NULL, 0};
@@ -1148,77 +1222,95 @@ static int handle_response_head(struct gw_dconn *c, struct polis_h1_msg *m, size
         r->resp_done = !r->tunnel;
         break;
     }
-    if (!r->req_body_done && !r->tunnel)
-        c->close_after = true; /* the rest of the request body will not be read */
+    if (!r->req_done && !r->tunnel)
+        c->close_after = true; /* the rest of the request body will not be forwarded */
     build_client_head(c, m, false);
     polis_buf_consume(&u->in, head_len);
     r->resp_head_done = true;
     return AGAIN;
 }
 
-/* Bytes both ways for an upgraded connection. Returns WAIT, DONE or GONE. */
+/* One direction of a tunnel: bytes read from src are written to dst through buf; the end of
+ * src's stream is passed on as a shutdown of dst once buf is empty. */
+struct tunnel_dir {
+    struct polis_io *src, *dst;
+    struct polis_buf *buf;
+    bool *can_read, *can_write;
+    bool *eof, *shut;
+    uint64_t *count; /* bytes written to dst, for the access log */
+};
+
+/* Move what can move without blocking. Returns 1 on progress, 0 when blocked, -1 on error. */
+static int tunnel_pump(const struct tunnel_dir *d)
+{
+    int progress = 0;
+    for (;;) {
+        size_t n = polis_buf_len(d->buf);
+        if (n > 0 && *d->can_write) {
+            ssize_t w = polis_io_writev(d->dst, &(struct iovec){polis_buf_head(d->buf), n}, 1);
+            if (w < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+                return -1;
+            if (w < 0) {
+                *d->can_write = false;
+                return progress;
+            }
+            polis_buf_consume(d->buf, (size_t)w);
+            *d->count += (uint64_t)w;
+            progress = 1;
+            continue;
+        }
+        if (n > 0)
+            return progress;
+        if (*d->eof) {
+            if (!*d->shut) {
+                d->dst->ops->shutdown(d->dst);
+                *d->shut = true;
+                progress = 1;
+            }
+            return progress;
+        }
+        if (!*d->can_read)
+            return progress;
+        if (polis_buf_reserve(d->buf, 1) < 0)
+            return -1;
+        ssize_t got = polis_io_read(d->src, d->buf->data + d->buf->end, d->buf->size - d->buf->end);
+        if (got < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+            return -1;
+        if (got < 0) {
+            *d->can_read = false;
+            return progress;
+        }
+        if (got == 0)
+            *d->eof = true;
+        d->buf->end += (size_t)got;
+        progress = 1;
+    }
+}
+
+/* Bytes both ways for an upgraded connection (WebSocket...), each half-close passed on, until
+ * both directions ended or the connection sat idle for timeouts.idle. Returns WAIT or GONE. */
 static int run_tunnel(struct gw_dconn *c)
 {
     struct gw_req *r = &c->r;
     struct gw_uconn *u = r->up;
     polis_timer_cancel(c->wk->loop, &u->timer);
+    polis_timer_cancel(c->wk->loop, &c->req_timer); /* a tunnel may live long */
+    const struct tunnel_dir up = {
+        &c->io,      &u->io, &c->in, &c->can_read, &u->can_write, &r->client_eof, &r->upstream_shut,
+        &r->bytes_in};
+    const struct tunnel_dir down = {&u->io,          &c->io,        &u->in,
+                                    &u->can_read,    &c->can_write, &r->upstream_eof,
+                                    &r->client_shut, &r->bytes_out};
     for (;;) {
-        bool progress = false;
-        /* client -> upstream */
-        if (polis_buf_len(&c->in) > 0 && u->can_write) {
-            ssize_t w = polis_io_writev(
-                &u->io, &(struct iovec){polis_buf_head(&c->in), polis_buf_len(&c->in)}, 1);
-            if (w > 0) {
-                polis_buf_consume(&c->in, (size_t)w);
-                progress = true;
-            } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                u->can_write = false;
-            } else {
-                d_free(c);
-                return GONE;
-            }
+        int a = tunnel_pump(&up), b = tunnel_pump(&down);
+        if (a < 0 || b < 0 || (r->upstream_shut && r->client_shut)) {
+            d_free(c);
+            return GONE;
         }
-        if (polis_buf_len(&c->in) == 0 && c->can_read) {
-            ssize_t n = d_read(c);
-            if (n == 0 || n == POLIS_ESYS) {
-                d_free(c);
-                return GONE;
-            }
-            progress |= n > 0;
-        }
-        /* upstream -> client */
-        if (polis_buf_len(&u->in) > 0 && c->can_write) {
-            ssize_t w = polis_io_writev(
-                &c->io, &(struct iovec){polis_buf_head(&u->in), polis_buf_len(&u->in)}, 1);
-            if (w > 0) {
-                polis_buf_consume(&u->in, (size_t)w);
-                r->bytes_out += (uint64_t)w;
-                progress = true;
-            } else if (w < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                c->can_write = false;
-            } else {
-                d_free(c);
-                return GONE;
-            }
-        }
-        if (polis_buf_len(&u->in) == 0 && u->can_read) {
-            if (polis_buf_reserve(&u->in, 1) < 0) {
-                d_free(c);
-                return GONE;
-            }
-            ssize_t n = polis_io_read(&u->io, u->in.data + u->in.end, u->in.size - u->in.end);
-            if (n > 0) {
-                u->in.end += (size_t)n;
-                progress = true;
-            } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-                u->can_read = false;
-            } else {
-                d_free(c);
-                return GONE;
-            }
-        }
-        if (!progress)
+        if (a == 0 && b == 0) {
+            polis_timer_arm(c->wk->loop, &c->timer, r->ws->snap->cfg->timeouts.idle_ms);
             return WAIT;
+        }
     }
 }
 
@@ -1229,7 +1321,17 @@ static int recv_response(struct gw_dconn *c)
     struct gw_req *r = &c->r;
     for (;;) {
         struct gw_uconn *u = r->up;
-        int rc = flush_client(c);
+        int rc;
+        /* Classify what arrived before writing, so that a head and the body bytes read with it
+         * leave in one writev (one system call and one packet instead of two). */
+        if (u != NULL && r->resp_head_done && !r->tunnel && polis_buf_len(&u->in) > r->resp_ready &&
+            classify_response_body(c) < 0) {
+            if (r->dsent == 0)
+                return upstream_failed(c, 502, "upstream sent an invalid body", false);
+            d_free(c); /* the head went out already: all we can do is cut */
+            return GONE;
+        }
+        rc = flush_client(c);
         if (rc != AGAIN) {
             if (rc == WAIT && u != NULL)
                 polis_timer_cancel(wk->loop, &u->timer); /* the client is slow, not the server */
@@ -1241,48 +1343,40 @@ static int recv_response(struct gw_dconn *c)
             return run_tunnel(c);
         if (u == NULL)
             return WAIT;
-        if (polis_buf_len(&u->in) > r->resp_ready) {
-            if (r->resp_head_done) {
-                rc = classify_response_body(c);
-                if (rc < 0) { /* the head went out already: all we can do is cut */
-                    d_free(c);
-                    return GONE;
-                }
-                if (r->resp_ready > 0 || r->resp_done)
-                    continue;
-            } else {
-                struct polis_h1_msg m;
-                size_t head_len;
-                static const struct polis_h1_limits rlim = {65536, 65536, 200};
-                m.headers = wk->hdrs;
-                rc =
-                    polis_h1_parse_response(polis_buf_head(&u->in), polis_buf_len(&u->in), &r->scan,
-                                            &m, wk->hdrs_cap, &rlim, r->head_request, &head_len);
-                if (rc == 0) {
-                    rc = handle_response_head(c, &m, head_len);
-                    if (rc != AGAIN)
-                        return rc;
-                    continue;
-                }
-                if (rc != POLIS_EAGAIN)
-                    return upstream_failed(c, 502, "upstream sent an invalid response");
+        if (!r->resp_head_done && polis_buf_len(&u->in) > 0) {
+            struct polis_h1_msg m;
+            size_t head_len;
+            static const struct polis_h1_limits rlim = {65536, 65536, 200};
+            m.headers = wk->hdrs;
+            rc = polis_h1_parse_response(polis_buf_head(&u->in), polis_buf_len(&u->in), &r->scan,
+                                         &m, wk->hdrs_cap, &rlim, r->head_request, &head_len);
+            if (rc == 0) {
+                rc = handle_response_head(c, &m, head_len);
+                if (rc != AGAIN)
+                    return rc;
+                continue;
             }
+            if (rc != POLIS_EAGAIN)
+                return upstream_failed(c, 502, "upstream sent an invalid response", false);
         }
         if (!u->can_read) {
             /* The upstream owes us bytes only once it has the whole request. */
             if (!u->connected)
                 return WAIT;
-            if (r->req_done)
+            if (r->req_done || r->up_write_blocked)
                 polis_timer_arm(wk->loop, &u->timer, upstream_timeout(r));
             else
                 polis_timer_cancel(wk->loop, &u->timer);
             return WAIT;
         }
         if (polis_buf_reserve(&u->in, 1) < 0)
-            return upstream_failed(c, 502, "upstream response head too large");
-        ssize_t n = polis_io_read(&u->io, u->in.data + u->in.end, u->in.size - u->in.end);
+            return upstream_failed(c, 502, "upstream response head too large", false);
+        size_t space = u->in.size - u->in.end;
+        ssize_t n = polis_io_read(&u->io, u->in.data + u->in.end, space);
         if (n > 0) {
             u->in.end += (size_t)n;
+            if ((size_t)n < space) /* emptied: see d_read() */
+                u->can_read = false;
             r->got_response_bytes = true;
             polis_timer_arm(wk->loop, &u->timer, upstream_timeout(r));
             continue;
@@ -1304,28 +1398,31 @@ static int recv_response(struct gw_dconn *c)
             return GONE;
         }
         return upstream_failed(
-            c, 502, n == 0 ? "upstream closed the connection" : "upstream connection reset");
+            c, 502, n == 0 ? "upstream closed the connection" : "upstream connection reset", true);
     }
 }
 
-/* The upstream failed before a response could be forwarded: retry once on a fresh connection if
- * a reused one went stale before answering and nothing unrepeatable was sent; otherwise prepare
- * the error answer. Returns AGAIN (retrying, or the answer waits to be flushed by
- * recv_response()) or GONE. */
-static int upstream_failed(struct gw_dconn *c, int status, const char *why)
+/* The upstream failed before a response could be forwarded. A pooled connection that the
+ * server had closed while idle (conn_lost: EOF or reset, before any response byte) is retried
+ * once on a fresh connection, but only for an idempotent method whose body did not start to
+ * flow: a timeout is never retried, and a POST is never sent twice. Otherwise the error answer
+ * is prepared. Returns AGAIN (retrying, or the answer waits to be flushed by recv_response())
+ * or GONE. */
+static int upstream_failed(struct gw_dconn *c, int status, const char *why, bool conn_lost)
 {
     struct gw_req *r = &c->r;
     struct gw_uconn *u = r->up;
-    bool stale = u != NULL && u->reused && !r->got_response_bytes;
+    bool stale = conn_lost && u != NULL && u->reused && !r->got_response_bytes;
     if (u != NULL) {
         u_free(u);
         r->up = NULL;
     }
-    if (r->resp_head_done && r->dsent > 0) {
+    /* Part of a head (final, or an interim 1xx) went out: another head cannot follow. */
+    if (r->dsent > 0 && (r->resp_head_done || r->dsent < polis_buf_len(&r->dhead))) {
         d_free(c);
         return GONE;
     }
-    if (stale && !r->body_started && r->attempts < 3) {
+    if (stale && r->idempotent && !r->body_started && r->attempts < 2) {
         r->scan = 0;
         r->req_done = false;
         req_connect(c, true); /* on failure it prepared the answer itself */
@@ -1357,6 +1454,10 @@ static int req_finish(struct gw_dconn *c)
         }
     }
     uint64_t idle_ms = cfg->timeouts.idle_ms;
+    /* Body bytes not forwarded (the answer came first) may sit in c->in: never parse them as
+     * the next request. */
+    if (!r->req_done)
+        c->close_after = true;
     req_release(c);
     if (c->close_after) {
         d_linger(c);
@@ -1486,7 +1587,7 @@ static void u_event(struct polis_loop *loop, struct polis_watch *w, unsigned eve
         getsockopt(u->w.fd, SOL_SOCKET, SO_ERROR, &err, &len);
         struct gw_dconn *c = u->owner;
         if (err != 0) {
-            if (upstream_failed(c, 502, "cannot connect to upstream") != GONE)
+            if (upstream_failed(c, 502, "cannot connect to upstream", false) != GONE)
                 d_run(c);
             return;
         }
@@ -1508,8 +1609,8 @@ static void u_timeout(struct polis_loop *loop, struct polis_timer *t)
         return;
     }
     struct gw_dconn *c = u->owner;
-    int rc =
-        upstream_failed(c, 504, u->connected ? "upstream timed out" : "upstream connect timed out");
+    int rc = upstream_failed(
+        c, 504, u->connected ? "upstream timed out" : "upstream connect timed out", false);
     if (rc != GONE)
         d_run(c);
 }
