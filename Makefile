@@ -49,7 +49,7 @@ format:
 
 bench: build
 	@scripts/install-deps --bench
-	@bench/compare
+	@POLIS_BIN=$(BUILD)/polis bench/compare
 
 clean:
 	rm -rf $(BUILD)
