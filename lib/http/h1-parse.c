@@ -1,6 +1,7 @@
 /* lib/http/h1-parse.c: the strict, incremental HTTP/1.1 head parser and chunked decoder (RFC 9112).
  */
 #include <polis/http.h>
+#include "http/h1-internal.h"
 
 #include <string.h>
 
@@ -12,11 +13,12 @@ enum {
     C_HEX = 8,     /* HEXDIG */
     C_HOST = 16,   /* reg-name: unreserved, sub-delims, '%' */
     C_QDTEXT = 32, /* quoted-string text: qdtext */
+    C_OWS = 64,    /* SP, HTAB */
 };
 
 static const uint8_t ctype[256] = {
-    0,  0,  0,  0,  0,  0,  0,  0,  0,  34, 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
-    0,  0,  0,  0,  0,  0,  0,  0,  34, 55, 6,  35, 55, 55, 55, 55, 54, 54, 55, 55, 54, 55, 55, 38,
+    0,  0,  0,  0,  0,  0,  0,  0,  0,  98, 0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,  0,
+    0,  0,  0,  0,  0,  0,  0,  0,  98, 55, 6,  35, 55, 55, 55, 55, 54, 54, 55, 55, 54, 55, 55, 38,
     63, 63, 63, 63, 63, 63, 63, 63, 63, 63, 38, 54, 38, 54, 38, 38, 38, 63, 63, 63, 63, 63, 63, 55,
     55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 38, 6,  38, 39, 55,
     39, 63, 63, 63, 63, 63, 63, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55, 55,
@@ -60,11 +62,153 @@ static inline bool lc_eq(const char *p, const char *lit, size_t n)
     return true;
 }
 
-/* Word-at-a-time scanning (little-endian only; elsewhere the byte loops do all the work). A
- * mask has the high bit set in each byte that stops the scan; the lowest set bit is exact
+/* ---- Scanners ------------------------------------------------------------------------------
+ * Each scanner returns the first byte of [p, hi) outside its class, or hi. The scalar twins
+ * (one table lookup per byte) are the reference. On x86-64 the SSE2 versions do the work 16
+ * bytes at a time (SSE2 is part of the x86-64 baseline: no -march flag, no runtime dispatch);
+ * elsewhere, on little-endian machines, values and targets go 8 bytes at a time (SWAR).
+ * Vector loads stay inside [lo, hi), lo being the start of the caller's buffer: the last
+ * partial block is read as the 16 bytes that end at hi, shifted, so only a buffer shorter than
+ * 16 bytes is scanned byte by byte. */
+
+static inline const char *lf_scalar(const char *p, const char *hi)
+{
+    while (p < hi && *p != '\n')
+        p++;
+    return p;
+}
+
+static inline const char *value_scalar(const char *p, const char *hi)
+{
+    while (p < hi && (CT(*p) & C_VALUE))
+        p++;
+    return p;
+}
+
+static inline const char *target_scalar(const char *p, const char *hi)
+{
+    while (p < hi && (CT(*p) & C_TARGET))
+        p++;
+    return p;
+}
+
+static inline const char *token_scalar(const char *p, const char *hi)
+{
+    while (p < hi && (CT(*p) & C_TCHAR))
+        p++;
+    return p;
+}
+
+/* reg-name bytes but '%' (the caller checks each pct-encoding). */
+static inline const char *host_scalar(const char *p, const char *hi)
+{
+    while (p < hi && (CT(*p) & C_HOST) && *p != '%')
+        p++;
+    return p;
+}
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#define SCAN_SSE2 1
+
+static inline __m128i ld16(const char *p)
+{
+    return _mm_loadu_si128((const __m128i *)(const void *)p);
+}
+
+static inline unsigned mask16(__m128i v)
+{
+    return (unsigned)_mm_movemask_epi8(v);
+}
+
+/* Stop masks: bit i set when byte i ends the run. */
+static inline unsigned stops_lf(__m128i x)
+{
+    return mask16(_mm_cmpeq_epi8(x, _mm_set1_epi8('\n')));
+}
+
+/* Not a field-value byte: CTL but HTAB, or DEL. */
+static inline unsigned stops_value(__m128i x)
+{
+    __m128i ctl = _mm_cmpeq_epi8(_mm_min_epu8(x, _mm_set1_epi8(0x1f)), x);
+    __m128i tab = _mm_cmpeq_epi8(x, _mm_set1_epi8('\t'));
+    __m128i del = _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f));
+    return mask16(_mm_or_si128(_mm_andnot_si128(tab, ctl), del));
+}
+
+/* Not a request-target byte: as signed bytes, below 0x21 covers CTL, SP and 0x80-0xff. */
+static inline unsigned stops_target(__m128i x)
+{
+    __m128i m = _mm_cmplt_epi8(x, _mm_set1_epi8(0x21));
+    m = _mm_or_si128(m, _mm_cmpeq_epi8(x, _mm_set1_epi8(0x7f)));
+    m = _mm_or_si128(m, _mm_cmpeq_epi8(x, _mm_set1_epi8('#')));
+    return mask16(m);
+}
+
+/* Not a letter, digit or '-' (and '.' when dot): the bytes of nearly every field name and host.
+ * A range test is one add and one signed compare: adding 0x80 - lo maps [lo, lo + n) onto
+ * [-128, -128 + n); bytes 0x80-0xff never land there. */
+static inline unsigned stops_alnum(__m128i x, bool dot)
+{
+    __m128i l = _mm_or_si128(x, _mm_set1_epi8(0x20));
+    __m128i alpha = _mm_cmplt_epi8(_mm_add_epi8(l, _mm_set1_epi8((char)(0x80 - 'a'))),
+                                   _mm_set1_epi8((char)(-128 + 26)));
+    __m128i digit = _mm_cmplt_epi8(_mm_add_epi8(x, _mm_set1_epi8((char)(0x80 - '0'))),
+                                   _mm_set1_epi8((char)(-128 + 10)));
+    __m128i ok = _mm_or_si128(_mm_or_si128(alpha, digit), _mm_cmpeq_epi8(x, _mm_set1_epi8('-')));
+    if (dot)
+        ok = _mm_or_si128(ok, _mm_cmpeq_epi8(x, _mm_set1_epi8('.')));
+    return mask16(ok) ^ 0xffffu;
+}
+
+/* The shared loop; kind is a constant after inlining. */
+enum { K_LF, K_VALUE, K_TARGET, K_NAME, K_HOST };
+
+static inline __attribute__((always_inline)) unsigned stops(__m128i x, int kind)
+{
+    switch (kind) {
+    case K_LF:
+        return stops_lf(x);
+    case K_VALUE:
+        return stops_value(x);
+    case K_TARGET:
+        return stops_target(x);
+    case K_NAME:
+        return stops_alnum(x, false);
+    default:
+        return stops_alnum(x, true);
+    }
+}
+
+static inline __attribute__((always_inline)) const char *scan_sse2(const char *lo, const char *p,
+                                                                   const char *hi, int kind)
+{
+    while (hi - p >= 16) {
+        unsigned m = stops(ld16(p), kind);
+        if (m != 0)
+            return p + __builtin_ctz(m);
+        p += 16;
+    }
+    if (p < hi && hi - lo >= 16) {
+        const char *q = hi - 16; /* q < p: shift out the bytes already seen */
+        unsigned m = stops(ld16(q), kind) >> (p - q);
+        return m != 0 ? p + __builtin_ctz(m) : hi;
+    }
+    switch (kind) {
+    case K_LF:
+        return lf_scalar(p, hi);
+    case K_VALUE:
+        return value_scalar(p, hi);
+    case K_TARGET:
+        return target_scalar(p, hi);
+    default:
+        return p; /* the fast classes: the scalar continuation does the rest */
+    }
+}
+#elif defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define SCAN_SWAR 1
+/* A mask has the high bit set in each byte that stops the scan; the lowest set bit is exact
  * (borrows only spoil the bytes above a true hit), so ctz gives the first stop byte. */
-#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
-#define SWAR 1
 #define ONES 0x0101010101010101ull
 #define HIGHS 0x8080808080808080ull
 
@@ -78,14 +222,10 @@ static inline uint64_t bytes_equal(uint64_t x, uint8_t c)
     uint64_t y = x ^ (ONES * c);
     return (y - ONES) & ~y & HIGHS;
 }
-#endif
 
-/* Skip field-value bytes (VCHAR, obs-text, SP, HTAB) from p; stops at the first other byte,
- * which exists before end (the head ends with CRLFCRLF). */
-static inline const char *scan_value(const char *p, const char *end)
+static inline const char *value_swar(const char *p, const char *hi)
 {
-#ifdef SWAR
-    while (end - p >= 8) {
+    while (hi - p >= 8) {
         uint64_t x;
         memcpy(&x, p, 8);
         uint64_t m = bytes_below(x, 0x20) | bytes_equal(x, 0x7f);
@@ -98,17 +238,12 @@ static inline const char *scan_value(const char *p, const char *end)
             return p;
         p++;
     }
-#endif
-    while (CT(*p) & C_VALUE)
-        p++;
-    return p;
+    return value_scalar(p, hi);
 }
 
-/* Skip request-target bytes (VCHAR but '#'). */
-static inline const char *scan_target(const char *p, const char *end)
+static inline const char *target_swar(const char *p, const char *hi)
 {
-#ifdef SWAR
-    while (end - p >= 8) {
+    while (hi - p >= 8) {
         uint64_t x;
         memcpy(&x, p, 8);
         uint64_t m =
@@ -117,10 +252,94 @@ static inline const char *scan_target(const char *p, const char *end)
             return p + (__builtin_ctzll(m) >> 3);
         p += 8;
     }
+    return target_scalar(p, hi);
+}
 #endif
-    while (CT(*p) & C_TARGET)
-        p++;
-    return p;
+
+/* Next LF. */
+static inline const char *scan_lf(const char *lo, const char *p, const char *hi)
+{
+#ifdef SCAN_SSE2
+    return scan_sse2(lo, p, hi, K_LF);
+#else
+    (void)lo;
+    const char *nl = p < hi ? memchr(p, '\n', (size_t)(hi - p)) : NULL;
+    return nl != NULL ? nl : hi;
+#endif
+}
+
+/* Field-value bytes: VCHAR, obs-text, SP, HTAB. */
+static inline const char *scan_value(const char *lo, const char *p, const char *hi)
+{
+#if defined(SCAN_SSE2)
+    return scan_sse2(lo, p, hi, K_VALUE);
+#elif defined(SCAN_SWAR)
+    (void)lo;
+    return value_swar(p, hi);
+#else
+    (void)lo;
+    return value_scalar(p, hi);
+#endif
+}
+
+/* Request-target bytes: VCHAR but '#'. */
+static inline const char *scan_target(const char *lo, const char *p, const char *hi)
+{
+#if defined(SCAN_SSE2)
+    return scan_sse2(lo, p, hi, K_TARGET);
+#elif defined(SCAN_SWAR)
+    (void)lo;
+    return target_swar(p, hi);
+#else
+    (void)lo;
+    return target_scalar(p, hi);
+#endif
+}
+
+/* Token bytes (tchar): letters, digits and '-' in bulk, then the other tchars byte by byte. */
+static inline const char *scan_token(const char *lo, const char *p, const char *hi)
+{
+#ifdef SCAN_SSE2
+    p = scan_sse2(lo, p, hi, K_NAME);
+#else
+    (void)lo;
+#endif
+    return token_scalar(p, hi);
+}
+
+/* reg-name bytes but '%': letters, digits, '-' and '.' in bulk, then the rest byte by byte. */
+static inline const char *scan_host(const char *lo, const char *p, const char *hi)
+{
+#ifdef SCAN_SSE2
+    p = scan_sse2(lo, p, hi, K_HOST);
+#else
+    (void)lo;
+#endif
+    return host_scalar(p, hi);
+}
+
+/* Declared in h1-internal.h, for the unit test. */
+size_t polis__h1_scan(int kind, bool fast, const char *lo, const char *p, const char *hi)
+{
+    const char *r;
+    switch (kind) {
+    case 0:
+        r = fast ? scan_lf(lo, p, hi) : lf_scalar(p, hi);
+        break;
+    case 1:
+        r = fast ? scan_value(lo, p, hi) : value_scalar(p, hi);
+        break;
+    case 2:
+        r = fast ? scan_target(lo, p, hi) : target_scalar(p, hi);
+        break;
+    case 3:
+        r = fast ? scan_token(lo, p, hi) : token_scalar(p, hi);
+        break;
+    default:
+        r = fast ? scan_host(lo, p, hi) : host_scalar(p, hi);
+        break;
+    }
+    return (size_t)(r - p);
 }
 
 static inline uint8_t ascii_lower(uint8_t c)
@@ -142,73 +361,110 @@ static bool ci_eq(const char *a, size_t alen, const char *b, size_t blen)
 
 static inline bool is_ows(char c)
 {
-    return c == ' ' || c == '\t';
+    return CT(c) & C_OWS;
 }
 
-/* The id of a header name: a switch on the length, then one folded compare. */
-static uint8_t header_id(const char *n, size_t len)
+/* n equals lit (its length, a constant after inlining, is len; lower case letters and '-'),
+ * ASCII case-insensitively, exactly: bit 0x20 is folded in only where lit has a letter (bit 0x40
+ * set among these characters), so '-' matches only '-' and a CR cannot pass for it. Two or
+ * three overlapping loads, whatever the length. */
+static inline __attribute__((always_inline)) bool name_is(const char *n, const char *lit,
+                                                          size_t len)
 {
+    if (len >= 8) {
+        uint64_t a, b, x, y;
+        memcpy(&a, lit, 8);
+        memcpy(&b, lit + len - 8, 8);
+        memcpy(&x, n, 8);
+        memcpy(&y, n + len - 8, 8);
+        bool eq = ((x | ((a & 0x4040404040404040ull) >> 1)) == a) &
+                  ((y | ((b & 0x4040404040404040ull) >> 1)) == b);
+        if (len > 16) {
+            memcpy(&a, lit + 8, 8);
+            memcpy(&x, n + 8, 8);
+            eq &= (x | ((a & 0x4040404040404040ull) >> 1)) == a;
+        }
+        return eq;
+    }
+    if (len >= 4) {
+        uint32_t a, b, x, y;
+        memcpy(&a, lit, 4);
+        memcpy(&b, lit + len - 4, 4);
+        memcpy(&x, n, 4);
+        memcpy(&y, n + len - 4, 4);
+        return ((x | ((a & 0x40404040u) >> 1)) == a) & ((y | ((b & 0x40404040u) >> 1)) == b);
+    }
+    uint16_t a, b, x, y;
+    memcpy(&a, lit, 2);
+    memcpy(&b, lit + len - 2, 2);
+    memcpy(&x, n, 2);
+    memcpy(&y, n + len - 2, 2);
+    return ((x | ((a & 0x4040u) >> 1)) == a) & ((y | ((b & 0x4040u) >> 1)) == b);
+}
+
+#define NAME_IS(n, lit) name_is(n, lit, sizeof(lit) - 1)
+
+/* The id of a header name: a switch on the length and the first letter, then one compare. */
+static inline __attribute__((always_inline)) uint8_t header_id(const char *n, size_t len)
+{
+    uint8_t c = (uint8_t)(n[0] | 0x20);
     switch (len) {
     case 2:
-        return lc_eq(n, "te", 2) ? POLIS_HDR_TE : POLIS_HDR_OTHER;
+        return NAME_IS(n, "te") ? POLIS_HDR_TE : POLIS_HDR_OTHER;
     case 3:
-        return lc_eq(n, "via", 3) ? POLIS_HDR_VIA : POLIS_HDR_OTHER;
+        return NAME_IS(n, "via") ? POLIS_HDR_VIA : POLIS_HDR_OTHER;
     case 4:
-        return lc_eq(n, "host", 4) ? POLIS_HDR_HOST : POLIS_HDR_OTHER;
+        return NAME_IS(n, "host") ? POLIS_HDR_HOST : POLIS_HDR_OTHER;
     case 6:
-        if (lc_eq(n, "cookie", 6))
-            return POLIS_HDR_COOKIE;
-        return lc_eq(n, "expect", 6) ? POLIS_HDR_EXPECT : POLIS_HDR_OTHER;
+        if (c == 'c')
+            return NAME_IS(n, "cookie") ? POLIS_HDR_COOKIE : POLIS_HDR_OTHER;
+        return NAME_IS(n, "expect") ? POLIS_HDR_EXPECT : POLIS_HDR_OTHER;
     case 7:
-        if (lc_eq(n, "upgrade", 7))
-            return POLIS_HDR_UPGRADE;
-        return lc_eq(n, "trailer", 7) ? POLIS_HDR_TRAILER : POLIS_HDR_OTHER;
+        if (c == 'u')
+            return NAME_IS(n, "upgrade") ? POLIS_HDR_UPGRADE : POLIS_HDR_OTHER;
+        return NAME_IS(n, "trailer") ? POLIS_HDR_TRAILER : POLIS_HDR_OTHER;
     case 10:
-        if (lc_eq(n, "connection", 10))
-            return POLIS_HDR_CONNECTION;
-        return lc_eq(n, "keep-alive", 10) ? POLIS_HDR_KEEP_ALIVE : POLIS_HDR_OTHER;
+        if (c == 'c')
+            return NAME_IS(n, "connection") ? POLIS_HDR_CONNECTION : POLIS_HDR_OTHER;
+        return NAME_IS(n, "keep-alive") ? POLIS_HDR_KEEP_ALIVE : POLIS_HDR_OTHER;
     case 12:
-        return lc_eq(n, "x-request-id", 12) ? POLIS_HDR_X_REQUEST_ID : POLIS_HDR_OTHER;
+        return NAME_IS(n, "x-request-id") ? POLIS_HDR_X_REQUEST_ID : POLIS_HDR_OTHER;
     case 14:
-        return lc_eq(n, "content-length", 14) ? POLIS_HDR_CONTENT_LENGTH : POLIS_HDR_OTHER;
+        return NAME_IS(n, "content-length") ? POLIS_HDR_CONTENT_LENGTH : POLIS_HDR_OTHER;
     case 15:
-        return lc_eq(n, "x-forwarded-for", 15) ? POLIS_HDR_X_FORWARDED_FOR : POLIS_HDR_OTHER;
+        return NAME_IS(n, "x-forwarded-for") ? POLIS_HDR_X_FORWARDED_FOR : POLIS_HDR_OTHER;
     case 16:
-        if (lc_eq(n, "proxy-connection", 16))
-            return POLIS_HDR_PROXY_CONNECTION;
-        return lc_eq(n, "x-forwarded-host", 16) ? POLIS_HDR_X_FORWARDED_HOST : POLIS_HDR_OTHER;
+        if (c == 'p')
+            return NAME_IS(n, "proxy-connection") ? POLIS_HDR_PROXY_CONNECTION : POLIS_HDR_OTHER;
+        return NAME_IS(n, "x-forwarded-host") ? POLIS_HDR_X_FORWARDED_HOST : POLIS_HDR_OTHER;
     case 17:
-        if (lc_eq(n, "transfer-encoding", 17))
-            return POLIS_HDR_TRANSFER_ENCODING;
-        return lc_eq(n, "x-forwarded-proto", 17) ? POLIS_HDR_X_FORWARDED_PROTO : POLIS_HDR_OTHER;
+        if (c == 't')
+            return NAME_IS(n, "transfer-encoding") ? POLIS_HDR_TRANSFER_ENCODING : POLIS_HDR_OTHER;
+        return NAME_IS(n, "x-forwarded-proto") ? POLIS_HDR_X_FORWARDED_PROTO : POLIS_HDR_OTHER;
     default:
         return POLIS_HDR_OTHER;
     }
 }
 
 /* Hop-by-hop by definition (RFC 9110 section 7.6.1, RFC 9112 section 6.1). */
-static inline bool id_is_hop(uint8_t id)
-{
-    switch (id) {
-    case POLIS_HDR_CONNECTION:
-    case POLIS_HDR_KEEP_ALIVE:
-    case POLIS_HDR_TE:
-    case POLIS_HDR_TRAILER:
-    case POLIS_HDR_UPGRADE:
-    case POLIS_HDR_PROXY_CONNECTION:
-    case POLIS_HDR_TRANSFER_ENCODING:
-        return true;
-    default:
-        return false;
-    }
-}
+static const bool id_is_hop[POLIS_HDR__COUNT] = {
+    [POLIS_HDR_CONNECTION] = true,
+    [POLIS_HDR_KEEP_ALIVE] = true,
+    [POLIS_HDR_TE] = true,
+    [POLIS_HDR_TRAILER] = true,
+    [POLIS_HDR_UPGRADE] = true,
+    [POLIS_HDR_PROXY_CONNECTION] = true,
+    [POLIS_HDR_TRANSFER_ENCODING] = true,
+};
 
 /* ---- Host and authority (RFC 9110 section 7.2, RFC 3986 section 3.2) ----------------------- */
 
 /* host [ ":" port ]: host is a reg-name (pct-encoding checked), an IPv4 address (a reg-name
  * syntactically) or an IP-literal in brackets. port_required: authority-form for CONNECT.
- * allow_empty_host: the Host field may be empty (RFC 9110 section 7.2). */
-static bool valid_authority(const char *p, size_t len, bool port_required, bool allow_empty_host)
+ * allow_empty_host: the Host field may be empty (RFC 9110 section 7.2). [lo, p + len) may be
+ * read (lo: the start of the buffer). */
+static bool valid_authority(const char *lo, const char *p, size_t len, bool port_required,
+                            bool allow_empty_host)
 {
     const char *e = p + len;
     const char *h = p;
@@ -230,17 +486,16 @@ static bool valid_authority(const char *p, size_t len, bool port_required, bool 
             return false;
         p++; /* ']' */
     } else {
-        while (p < e && *p != ':') {
-            uint8_t c = (uint8_t)*p;
-            if (!(CT(c) & C_HOST))
+        for (;;) {
+            p = scan_host(lo, p, e);
+            if (p == e || *p != '%')
+                break;
+            if (e - p < 3 || !(CT(p[1]) & C_HEX) || !(CT(p[2]) & C_HEX))
                 return false;
-            if (c == '%') {
-                if (e - p < 3 || !(CT(p[1]) & C_HEX) || !(CT(p[2]) & C_HEX))
-                    return false;
-                p += 2;
-            }
-            p++;
+            p += 3;
         }
+        if (p < e && *p != ':') /* not a reg-name byte */
+            return false;
         if (p == h && !allow_empty_host)
             return false;
     }
@@ -261,13 +516,13 @@ static bool valid_authority(const char *p, size_t len, bool port_required, bool 
 
 /* ---- Request-target (RFC 9112 section 3.2) -------------------------------------------------- */
 
-static int check_target(struct polis_str method, struct polis_str t)
+static int check_target(const char *lo, struct polis_str method, struct polis_str t)
 {
     bool connect = method.len == 7 && memcmp(method.p, "CONNECT", 7) == 0;
     bool options = method.len == 7 && memcmp(method.p, "OPTIONS", 7) == 0;
 
     if (connect) /* authority-form, only for CONNECT (section 3.2.3) */
-        return valid_authority(t.p, t.len, true, false) ? 0 : POLIS_EBADMSG;
+        return valid_authority(lo, t.p, t.len, true, false) ? 0 : POLIS_EBADMSG;
     if (t.p[0] == '/') /* origin-form (section 3.2.1) */
         return 0;
     if (t.len == 1 && t.p[0] == '*') /* asterisk-form, only for OPTIONS (section 3.2.4) */
@@ -284,7 +539,7 @@ static int check_target(struct polis_str method, struct polis_str t)
     while (q < e && *q != '/' && *q != '?')
         q++;
     /* No userinfo: '@' is not a host character, so valid_authority rejects it. */
-    return valid_authority(a, (size_t)(q - a), false, false) ? 0 : POLIS_EBADMSG;
+    return valid_authority(lo, a, (size_t)(q - a), false, false) ? 0 : POLIS_EBADMSG;
 }
 
 /* ---- End of head search --------------------------------------------------------------------- */
@@ -296,30 +551,48 @@ static int check_target(struct polis_str method, struct polis_str t)
 static long find_end(const char *buf, size_t len, size_t start, size_t *scan)
 {
     size_t i = start;
-    for (;;) {
-        const char *nl = i < len ? memchr(buf + i, '\n', len - i) : NULL;
-        if (nl == NULL) {
-            *scan = len;
-            return 0;
+    while (i < len) {
+        /* The LFs of the next block of up to 16 bytes from i, as a mask over buf[base..). */
+        size_t base;
+        unsigned lfs;
+#ifdef SCAN_SSE2
+        if (len - i >= 16) {
+            base = i;
+            lfs = stops_lf(ld16(buf + i));
+            i += 16;
+        } else if (len >= 16) {
+            base = len - 16; /* the last 16 bytes, without the ones before i */
+            lfs = stops_lf(ld16(buf + base)) >> (i - base) << (i - base);
+            i = len;
+        } else
+#endif
+        {
+            base = i;
+            lfs = 0;
+            for (size_t k = 0; k < 16 && i < len; k++, i++)
+                lfs |= (unsigned)(buf[i] == '\n') << k;
         }
-        i = (size_t)(nl - buf);
-        if (i == 0 || buf[i - 1] != '\r')
-            return POLIS_EBADMSG;
-        if (i + 1 >= len) {
-            *scan = i;
-            return 0;
-        }
-        if (buf[i + 1] == '\r') {
-            if (i + 2 >= len) {
-                *scan = i;
+        for (; lfs != 0; lfs &= lfs - 1) {
+            size_t k = base + (size_t)__builtin_ctz(lfs);
+            if (k == 0 || buf[k - 1] != '\r')
+                return POLIS_EBADMSG;
+            if (k + 1 >= len) {
+                *scan = k;
                 return 0;
             }
-            if (buf[i + 2] != '\n')
-                return POLIS_EBADMSG;
-            return (long)(i + 3);
+            if (buf[k + 1] == '\r') {
+                if (k + 2 >= len) {
+                    *scan = k;
+                    return 0;
+                }
+                if (buf[k + 2] != '\n')
+                    return POLIS_EBADMSG;
+                return (long)(k + 3);
+            }
         }
-        i++;
     }
+    *scan = len;
+    return 0;
 }
 
 /* ---- Head parsing --------------------------------------------------------------------------- */
@@ -345,34 +618,37 @@ static void get_limits(const struct polis_h1_limits *lim, size_t array_len, stru
         l->max_headers = INT16_MAX; /* hdr_index is int16_t */
 }
 
-/* Parse the header lines from p to the final CRLF at end - 2. Every scan loop stops at a CR at
- * the latest (CR is in no character class) and the head ends with CRLFCRLF, so no loop needs a
- * bound check. */
-static int parse_headers(const char *p, const char *end, struct polis_h1_msg *m, size_t max,
-                         unsigned counts[POLIS_HDR__COUNT])
+/* Parse the header lines from p up to and including the empty line, reading nothing at or past
+ * hi ([lo, hi) is readable); *end is set past the empty line. Fails with POLIS_EBADMSG when a
+ * line does not end with CRLF before hi, so the caller that knows where the head ends
+ * (find_end) checks that *end is that place, and the one-pass caller (hi: all the bytes) falls
+ * back on the two-phase path on any failure. */
+static int parse_headers(const char *lo, const char *p, const char *hi, struct polis_h1_msg *m,
+                         size_t max, unsigned counts[POLIS_HDR__COUNT], const char **end)
 {
     size_t n = 0;
     for (;;) {
+        if (hi - p < 2)
+            return POLIS_EBADMSG;
         if (*p == '\r') {
-            /* The empty line: find_end() guarantees it is the final CRLF. */
-            if (p[1] != '\n' || p + 2 != end)
+            if (p[1] != '\n')
                 return POLIS_EBADMSG;
+            *end = p + 2;
             break;
         }
         /* field-name = token, then ':' at once (section 5.1); obs-fold and an empty name fail
          * here because SP, HTAB and ':' are not token characters. */
         const char *name = p;
-        while (CT(*p) & C_TCHAR)
-            p++;
-        if (p == name || *p != ':')
+        p = scan_token(lo, p, hi);
+        if (p == name || p == hi || *p != ':')
             return POLIS_EBADMSG;
         size_t name_len = (size_t)(p - name);
         p++;
-        while (is_ows(*p))
+        while (p < hi && is_ows(*p))
             p++;
         const char *val = p;
-        p = scan_value(p, end);
-        if (p[0] != '\r' || p[1] != '\n') /* NUL, CTL, bare CR or bare LF */
+        p = scan_value(lo, p, hi);
+        if (hi - p < 2 || p[0] != '\r' || p[1] != '\n') /* NUL, CTL, bare CR or bare LF */
             return POLIS_EBADMSG;
         const char *ve = p;
         while (ve > val && is_ows(ve[-1]))
@@ -388,7 +664,7 @@ static int parse_headers(const char *p, const char *end, struct polis_h1_msg *m,
         h->value.p = val;
         h->value.len = (size_t)(ve - val);
         h->id = id;
-        h->hop = id_is_hop(id);
+        h->hop = id_is_hop[id];
         if (id != POLIS_HDR_OTHER) {
             if (counts[id]++ == 0)
                 m->hdr_index[id] = (int16_t)n;
@@ -427,14 +703,14 @@ static const char *skip_ows(const char *p, const char *e)
  * *( OWS ";" OWS token BWS "=" BWS ( token / quoted-string ) ) (RFC 9110 section 10.1.4,
  * RFC 9112 section 6.1). Empty elements are refused: this field decides framing. Counts the
  * codings and the "chunked" ones, and says whether the last coding is chunked. */
-static int walk_te(struct polis_str v, unsigned *ncodings, unsigned *nchunked, bool *last_chunked)
+static int walk_te(const char *lo, struct polis_str v, unsigned *ncodings, unsigned *nchunked,
+                   bool *last_chunked)
 {
     const char *p = v.p, *e = v.p + v.len;
     for (;;) {
         p = skip_ows(p, e);
         const char *tok = p;
-        while (p < e && (CT(*p) & C_TCHAR))
-            p++;
+        p = scan_token(lo, p, e);
         if (p == tok)
             return POLIS_EBADMSG;
         bool chunked = p - tok == 7 && lc_eq(tok, "chunked", 7);
@@ -502,15 +778,14 @@ static void mark_hop(struct polis_h1_msg *m, const char *name, size_t len)
 }
 
 /* Connection = #connection-option (RFC 9110 section 7.6.1). Empty elements are ignored. */
-static int walk_connection(struct polis_h1_msg *m, struct polis_str v, bool *close,
+static int walk_connection(const char *lo, struct polis_h1_msg *m, struct polis_str v, bool *close,
                            bool *keep_alive, bool *upgrade)
 {
     const char *p = v.p, *e = v.p + v.len;
     while (p < e) {
         p = skip_ows(p, e);
         const char *tok = p;
-        while (p < e && (CT(*p) & C_TCHAR))
-            p++;
+        p = scan_token(lo, p, e);
         size_t n = (size_t)(p - tok);
         p = skip_ows(p, e);
         if (p < e && *p != ',')
@@ -540,8 +815,8 @@ static int walk_connection(struct polis_h1_msg *m, struct polis_str v, bool *clo
 }
 
 /* Derive framing and connection flags from the headers (RFC 9112 sections 6.1 to 6.3, 9.3). */
-static int derive(struct polis_h1_msg *m, const unsigned counts[POLIS_HDR__COUNT], bool request,
-                  bool no_body)
+static int derive(const char *lo, struct polis_h1_msg *m, const unsigned counts[POLIS_HDR__COUNT],
+                  bool request, bool no_body)
 {
     int rc;
     bool close = false, ka = false, up = false;
@@ -553,14 +828,22 @@ static int derive(struct polis_h1_msg *m, const unsigned counts[POLIS_HDR__COUNT
     m->upgrade = false;
     m->has_connection_tokens = false;
 
-    if (counts[POLIS_HDR_CONNECTION]) {
-        for (size_t i = (size_t)m->hdr_index[POLIS_HDR_CONNECTION]; i < m->num_headers; i++) {
-            if (m->headers[i].id != POLIS_HDR_CONNECTION)
-                continue;
-            rc = walk_connection(m, m->headers[i].value, &close, &ka, &up);
+    /* Each walk starts at the first field of its id and stops after the last one (counts). */
+    unsigned left = counts[POLIS_HDR_CONNECTION];
+    for (size_t i = (size_t)m->hdr_index[POLIS_HDR_CONNECTION]; left > 0; i++) {
+        if (m->headers[i].id != POLIS_HDR_CONNECTION)
+            continue;
+        struct polis_str v = m->headers[i].value;
+        if (v.len == 10 && NAME_IS(v.p, "keep-alive")) { /* the usual lone tokens */
+            ka = true;
+        } else if (v.len == 5 && NAME_IS(v.p, "close")) {
+            close = true;
+        } else {
+            rc = walk_connection(lo, m, v, &close, &ka, &up);
             if (rc < 0)
                 return rc;
         }
+        left--;
     }
     if (close)
         m->keep_alive = false;
@@ -574,7 +857,7 @@ static int derive(struct polis_h1_msg *m, const unsigned counts[POLIS_HDR__COUNT
             return POLIS_EBADMSG;
         if (counts[POLIS_HDR_HOST]) {
             struct polis_str h = m->headers[m->hdr_index[POLIS_HDR_HOST]].value;
-            if (!valid_authority(h.p, h.len, false, true))
+            if (!valid_authority(lo, h.p, h.len, false, true))
                 return POLIS_EBADMSG;
         }
         /* RFC 9110 section 10.1.1: ignore 100-continue in an HTTP/1.0 request. */
@@ -592,13 +875,14 @@ static int derive(struct polis_h1_msg *m, const unsigned counts[POLIS_HDR__COUNT
             return POLIS_EBADMSG;
         unsigned ncodings = 0, nchunked = 0;
         bool last_chunked = false;
-        for (size_t i = (size_t)m->hdr_index[POLIS_HDR_TRANSFER_ENCODING]; i < m->num_headers;
-             i++) {
+        left = counts[POLIS_HDR_TRANSFER_ENCODING];
+        for (size_t i = (size_t)m->hdr_index[POLIS_HDR_TRANSFER_ENCODING]; left > 0; i++) {
             if (m->headers[i].id != POLIS_HDR_TRANSFER_ENCODING)
                 continue;
-            rc = walk_te(m->headers[i].value, &ncodings, &nchunked, &last_chunked);
+            rc = walk_te(lo, m->headers[i].value, &ncodings, &nchunked, &last_chunked);
             if (rc < 0)
                 return rc;
+            left--;
         }
         if (nchunked > 1) /* chunked applied twice (section 6.1) */
             return POLIS_EBADMSG;
@@ -632,6 +916,13 @@ static int derive(struct polis_h1_msg *m, const unsigned counts[POLIS_HDR__COUNT
  * readable bytes. */
 static int parse_version(const char *p, int *minor)
 {
+    uint64_t v, v11;
+    memcpy(&v, p, 8);
+    memcpy(&v11, "HTTP/1.1", 8);
+    if (v == v11) {
+        *minor = 1;
+        return 0;
+    }
     if (memcmp(p, "HTTP/", 5) != 0 || p[6] != '.' || p[5] < '0' || p[5] > '9' || p[7] < '0' ||
         p[7] > '9')
         return POLIS_EBADMSG;
@@ -694,61 +985,126 @@ static long locate_head(const char *buf, size_t len, size_t *scan, const struct 
     return POLIS_EAGAIN;
 }
 
-POLIS_API int polis_h1_parse_request(const char *buf, size_t len, size_t *scan,
-                                     struct polis_h1_msg *m, size_t max_headers,
-                                     const struct polis_h1_limits *lim, size_t *head_len)
+/* ---- Start lines and the two paths ----------------------------------------------------------
+ * A head that is whole in the first call (*scan == 0), the usual case, is parsed in one pass:
+ * the header lines are walked up to the empty line without find_end() searching them first.
+ * That pass only succeeds where the two-phase path succeeds, with the same result: every line
+ * it accepts ends with CRLF and holds no CR, LF or other CTL but HTAB, so the empty line it
+ * stops at ends the first CRLFCRLF, the one find_end() finds, within the same max_head bytes.
+ * On any failure (an error, or bytes missing) the two-phase path runs from the start and gives
+ * the verdict of record; that costs one extra pass over the first call's bytes, never more,
+ * because later calls pass *scan > 0. */
+
+/* request-line = method SP request-target SP HTTP-version (section 3), from p to the LF at
+ * lf (lf - 1 is a CR). */
+static int request_line(const char *buf, const char *p, const char *lf, struct polis_h1_msg *m)
 {
-    struct limits l;
-    size_t skip = 0;
-    unsigned counts[POLIS_HDR__COUNT] = {0};
-
-    if (buf == NULL || scan == NULL || m == NULL || head_len == NULL ||
-        (m->headers == NULL && max_headers))
-        return POLIS_EINVAL;
-    get_limits(lim, max_headers, &l);
-    long hl = locate_head(buf, len, scan, &l, true, &skip);
-    if (hl < 0)
-        return (int)hl;
-    size_t end_off = (size_t)hl;
-    if (end_off > l.max_head)
-        return POLIS_EHDRTOOBIG;
-
-    const char *p = buf + skip, *end = buf + end_off;
-    /* The request line ends at the first LF, which find_end() checked follows a CR. */
-    const char *lf = memchr(p, '\n', (size_t)(end - p));
-    const char *cr = lf - 1;
-    if ((size_t)(cr - p) > l.max_request_line)
-        return POLIS_EURITOOLONG;
-
-    msg_reset(m);
-    /* request-line = method SP request-target SP HTTP-version (section 3) */
     const char *s = p;
-    while (CT(*p) & C_TCHAR)
-        p++;
+    p = scan_token(buf, p, lf);
     if (p == s || *p != ' ')
         return POLIS_EBADMSG;
     m->method.p = s;
     m->method.len = (size_t)(p - s);
     s = ++p;
-    p = scan_target(p, end);
+    p = scan_target(buf, p, lf);
     if (p == s || *p != ' ')
         return POLIS_EBADMSG;
     m->target.p = s;
     m->target.len = (size_t)(p - s);
     p++;
-    if (cr - p != 8) /* "HTTP/1.10", "HTTP/1.1 ", "HTTP/2": garbage, not a version */
+    if (lf - 1 - p != 8) /* "HTTP/1.10", "HTTP/1.1 ", "HTTP/2": garbage, not a version */
         return POLIS_EBADMSG;
     int rc = parse_version(p, &m->minor_version);
     if (rc < 0)
         return rc;
-    rc = check_target(m->method, m->target);
-    if (rc < 0)
-        return rc;
+    return check_target(buf, m->method, m->target);
+}
 
-    rc = parse_headers(lf + 1, end, m, l.max_headers, counts);
+static int request_one_pass(const char *buf, size_t len, const struct limits *l,
+                            struct polis_h1_msg *m, unsigned counts[POLIS_HDR__COUNT],
+                            size_t *end_off)
+{
+    const char *hi = buf + (len < l->max_head ? len : l->max_head);
+    /* The request line, as request_line() has it; a leading CRLF (an empty line to skip)
+     * fails at once and goes the two-phase way. The line has no LF before the one checked
+     * here: method and target bytes stop at SP at the latest, the version is 8 fixed bytes. */
+    const char *p = scan_token(buf, buf, hi);
+    if (p == buf || p == hi || *p != ' ')
+        return POLIS_EAGAIN;
+    msg_reset(m);
+    m->method.p = buf;
+    m->method.len = (size_t)(p - buf);
+    const char *s = ++p;
+    p = scan_target(buf, p, hi);
+    if (p == s || hi - p < 11 || p[0] != ' ' || p[9] != '\r' || p[10] != '\n')
+        return POLIS_EAGAIN;
+    m->target.p = s;
+    m->target.len = (size_t)(p - s);
+    if ((size_t)(p + 9 - buf) > l->max_request_line)
+        return POLIS_EAGAIN;
+    if (parse_version(p + 1, &m->minor_version) < 0)
+        return POLIS_EAGAIN;
+    if (check_target(buf, m->method, m->target) < 0)
+        return POLIS_EAGAIN;
+    const char *end;
+    if (parse_headers(buf, p + 11, hi, m, l->max_headers, counts, &end) < 0)
+        return POLIS_EAGAIN;
+    *end_off = (size_t)(end - buf);
+    return 0;
+}
+
+static int request_two_phase(const char *buf, size_t len, size_t *scan, const struct limits *l,
+                             struct polis_h1_msg *m, unsigned counts[POLIS_HDR__COUNT],
+                             size_t *end_off)
+{
+    size_t skip = 0;
+    long hl = locate_head(buf, len, scan, l, true, &skip);
+    if (hl < 0)
+        return (int)hl;
+    *end_off = (size_t)hl;
+    if (*end_off > l->max_head)
+        return POLIS_EHDRTOOBIG;
+
+    const char *p = buf + skip, *end = buf + *end_off;
+    /* The request line ends at the first LF, which find_end() checked follows a CR. */
+    const char *lf = scan_lf(buf, p, end);
+    if ((size_t)(lf - 1 - p) > l->max_request_line)
+        return POLIS_EURITOOLONG;
+    msg_reset(m);
+    int rc = request_line(buf, p, lf, m);
     if (rc < 0)
         return rc;
-    rc = derive(m, counts, true, false);
+    const char *hend;
+    rc = parse_headers(buf, lf + 1, end, m, l->max_headers, counts, &hend);
+    if (rc < 0)
+        return rc;
+    if (hend != end) /* find_end() found the final CRLF: the empty line is there */
+        return POLIS_EBADMSG;
+    return 0;
+}
+
+POLIS_API int polis_h1_parse_request(const char *buf, size_t len, size_t *scan,
+                                     struct polis_h1_msg *m, size_t max_headers,
+                                     const struct polis_h1_limits *lim, size_t *head_len)
+{
+    struct limits l;
+    unsigned counts[POLIS_HDR__COUNT] = {0};
+    size_t end_off = 0;
+    int rc = POLIS_EAGAIN;
+
+    if (buf == NULL || scan == NULL || m == NULL || head_len == NULL ||
+        (m->headers == NULL && max_headers))
+        return POLIS_EINVAL;
+    get_limits(lim, max_headers, &l);
+    if (*scan == 0)
+        rc = request_one_pass(buf, len, &l, m, counts, &end_off);
+    if (rc != 0) {
+        memset(counts, 0, sizeof(counts));
+        rc = request_two_phase(buf, len, scan, &l, m, counts, &end_off);
+        if (rc < 0)
+            return rc;
+    }
+    rc = derive(buf, m, counts, true, false);
     if (rc < 0)
         return rc;
     *scan = end_off;
@@ -756,34 +1112,13 @@ POLIS_API int polis_h1_parse_request(const char *buf, size_t len, size_t *scan,
     return 0;
 }
 
-POLIS_API int polis_h1_parse_response(const char *buf, size_t len, size_t *scan,
-                                      struct polis_h1_msg *m, size_t max_headers,
-                                      const struct polis_h1_limits *lim, bool head_request,
-                                      size_t *head_len)
+/* status-line = HTTP-version SP status-code SP [ reason-phrase ] (section 4), from buf to the
+ * LF at lf (lf - 1 is a CR); a missing SP after the code is tolerated, as common servers have
+ * it. */
+static int status_line(const char *buf, const char *lf, struct polis_h1_msg *m)
 {
-    struct limits l;
-    size_t skip = 0;
-    unsigned counts[POLIS_HDR__COUNT] = {0};
-
-    if (buf == NULL || scan == NULL || m == NULL || head_len == NULL ||
-        (m->headers == NULL && max_headers))
-        return POLIS_EINVAL;
-    get_limits(lim, max_headers, &l);
-    long hl = locate_head(buf, len, scan, &l, false, &skip);
-    if (hl < 0)
-        return (int)hl;
-    size_t end_off = (size_t)hl;
-    if (end_off > l.max_head)
-        return POLIS_EHDRTOOBIG;
-
-    const char *p = buf, *end = buf + end_off;
-    const char *lf = memchr(p, '\n', (size_t)(end - p));
-    const char *cr = lf - 1;
+    const char *p = buf, *cr = lf - 1;
     size_t line = (size_t)(cr - p);
-
-    msg_reset(m);
-    /* status-line = HTTP-version SP status-code SP [ reason-phrase ] (section 4); a missing SP
-     * after the code is tolerated, as the brief and common servers have it. */
     if (line < 8)
         return POLIS_EBADMSG;
     int rc = parse_version(p, &m->minor_version);
@@ -800,17 +1135,87 @@ POLIS_API int polis_h1_parse_response(const char *buf, size_t len, size_t *scan,
         p++;
     }
     const char *r = p;
-    p = scan_value(p, end);
+    p = scan_value(buf, p, lf);
     if (p != cr)
         return POLIS_EBADMSG;
     m->reason.p = r;
     m->reason.len = (size_t)(p - r);
+    return 0;
+}
 
-    rc = parse_headers(lf + 1, end, m, l.max_headers, counts);
+static int response_one_pass(const char *buf, size_t len, const struct limits *l,
+                             struct polis_h1_msg *m, unsigned counts[POLIS_HDR__COUNT],
+                             size_t *end_off)
+{
+    const char *hi = buf + (len < l->max_head ? len : l->max_head);
+    /* The status line is field-value bytes but for its CRLF: the first byte that is not one
+     * is the CR before the first LF, or the status line is refused. */
+    if (hi - buf < 14)
+        return POLIS_EAGAIN;
+    const char *p = scan_value(buf, buf + 12, hi);
+    if (hi - p < 2 || p[0] != '\r' || p[1] != '\n')
+        return POLIS_EAGAIN;
+    msg_reset(m);
+    if (status_line(buf, p + 1, m) < 0)
+        return POLIS_EAGAIN;
+    const char *end;
+    if (parse_headers(buf, p + 2, hi, m, l->max_headers, counts, &end) < 0)
+        return POLIS_EAGAIN;
+    *end_off = (size_t)(end - buf);
+    return 0;
+}
+
+static int response_two_phase(const char *buf, size_t len, size_t *scan, const struct limits *l,
+                              struct polis_h1_msg *m, unsigned counts[POLIS_HDR__COUNT],
+                              size_t *end_off)
+{
+    size_t skip = 0;
+    long hl = locate_head(buf, len, scan, l, false, &skip);
+    if (hl < 0)
+        return (int)hl;
+    *end_off = (size_t)hl;
+    if (*end_off > l->max_head)
+        return POLIS_EHDRTOOBIG;
+
+    const char *end = buf + *end_off;
+    const char *lf = scan_lf(buf, buf, end);
+    msg_reset(m);
+    int rc = status_line(buf, lf, m);
     if (rc < 0)
         return rc;
+    const char *hend;
+    rc = parse_headers(buf, lf + 1, end, m, l->max_headers, counts, &hend);
+    if (rc < 0)
+        return rc;
+    if (hend != end) /* find_end() found the final CRLF: the empty line is there */
+        return POLIS_EBADMSG;
+    return 0;
+}
+
+POLIS_API int polis_h1_parse_response(const char *buf, size_t len, size_t *scan,
+                                      struct polis_h1_msg *m, size_t max_headers,
+                                      const struct polis_h1_limits *lim, bool head_request,
+                                      size_t *head_len)
+{
+    struct limits l;
+    unsigned counts[POLIS_HDR__COUNT] = {0};
+    size_t end_off = 0;
+    int rc = POLIS_EAGAIN;
+
+    if (buf == NULL || scan == NULL || m == NULL || head_len == NULL ||
+        (m->headers == NULL && max_headers))
+        return POLIS_EINVAL;
+    get_limits(lim, max_headers, &l);
+    if (*scan == 0)
+        rc = response_one_pass(buf, len, &l, m, counts, &end_off);
+    if (rc != 0) {
+        memset(counts, 0, sizeof(counts));
+        rc = response_two_phase(buf, len, scan, &l, m, counts, &end_off);
+        if (rc < 0)
+            return rc;
+    }
     bool no_body = head_request || m->status < 200 || m->status == 204 || m->status == 304;
-    rc = derive(m, counts, false, no_body);
+    rc = derive(buf, m, counts, false, no_body);
     if (rc < 0)
         return rc;
     *scan = end_off;
