@@ -60,6 +60,7 @@ enum {
     POLIS_EV_READ = 1u << 0,  /* readable, or the peer closed */
     POLIS_EV_WRITE = 1u << 1, /* writable */
     POLIS_EV_ERROR = 1u << 2, /* error or hang-up on the descriptor */
+    POLIS_EV_HUP = 1u << 3,   /* the peer closed its sending side (comes with POLIS_EV_READ) */
 };
 
 /* Called on the loop's thread with the events seen (POLIS_EV_* bits). */

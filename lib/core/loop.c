@@ -243,6 +243,8 @@ int polis_loop_run(struct polis_loop *loop)
                 e |= POLIS_EV_WRITE;
             if (ev->events & (EPOLLERR | EPOLLHUP))
                 e |= POLIS_EV_ERROR;
+            if (ev->events & (EPOLLRDHUP | EPOLLHUP))
+                e |= POLIS_EV_HUP;
             w->cb(loop, w, e);
         }
         loop->nevents = 0;

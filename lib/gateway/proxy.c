@@ -255,7 +255,7 @@ static void d_free(struct gw_dconn *c)
         /* A request that ends here was cut short: log it all the same (499: nothing was
          * answered, as nginx says for a client that went away). */
         if (c->r.request_id_len > 0 && alog_on(wk)) {
-            if (!c->r.resp_head_done || c->r.status == 0)
+            if (c->r.dsent == 0 || c->r.status == 0) /* nothing reached the client */
                 c->r.status = 499;
             log_end(c);
         }
@@ -1566,6 +1566,13 @@ static void d_run(struct gw_dconn *c)
 static void d_event(struct polis_loop *loop, struct polis_watch *w, unsigned events)
 {
     struct gw_dconn *c = (struct gw_dconn *)w;
+    /* The client closed its side while its answer is awaited: it has gone (nginx's 499). The
+     * exchange is dropped, which also frees the upstream from a request nobody will read. */
+    if ((events & POLIS_EV_HUP) && c->state == D_REQUEST && !c->r.tunnel && c->r.dsent == 0 &&
+        c->r.req_body_done) {
+        d_free(c);
+        return;
+    }
     if (events & POLIS_EV_READ)
         c->can_read = true;
     if (events & POLIS_EV_WRITE)

@@ -534,6 +534,11 @@ class Recorded:
         self.body_sha256 = None
         self.chunked = False
         self.complete = False
+        self.seq = 0  # 1 for the first request on its connection, 2 for the next...
+        self.early = False  # answered by mode "early": the body was not read before the answer
+        self.tunnel_data = b""  # what came through after a 101 (mode "upgrade")
+        self.early_buffered = 0  # mode "early": body bytes read along with the head
+        self.peer_port = 0  # the gateway's port of the connection it came on
 
     def header(self, name, default=None):
         n = name.lower()
@@ -567,7 +572,12 @@ class Origin:
     (echo body in chunks), large (n bytes, chunked=0/1), slow (delay then echo),
     close_after_head, close_mid_body, garbage, rst, never, info (code=100|103 then echo),
     nobody (status=204|304 with body-looking headers), raw (data bytes then close unless
-    keep=1). Parameters common to echo-like modes: status, delay."""
+    keep=1), early (reads the head only, answers status with Content-Length: 0 after delay,
+    waits hold seconds, then skips the body as its framing says), close_reused (echo for the
+    first request of a connection, close without an answer for later ones: a keep-alive timeout
+    racing a reuse), upgrade (101 Switching Protocols, echoes bytes until EOF, then sends final
+    and closes).
+    Parameters common to echo-like modes: status, delay."""
 
     KEEP_BODY = 1 << 20
 
@@ -652,10 +662,17 @@ class Origin:
 
     def _serve(self, s, cid):
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        st = {"buf": b""}
+        st = {"buf": b"", "n": 0, "skip": 0, "early": None}
+        try:
+            peer_port = s.getpeername()[1]
+        except OSError:
+            peer_port = 0
         try:
             while not self.stopping.is_set():
                 rec = Recorded(cid)
+                st["n"] += 1
+                rec.seq = st["n"]
+                rec.peer_port = peer_port
                 try:
                     if not self._read_request(s, st, rec):
                         return
@@ -671,12 +688,8 @@ class Origin:
                 rec.complete = True
                 with self.lock:
                     self.requests.append(rec)
-                    mode, params = self.mode, dict(self.params)
-                override = rec.header("X-Origin-Mode")
-                if override:
-                    parts = override.split()
-                    mode, params = parts[0], dict(p.split("=", 1) for p in parts[1:])
-                if not self._respond(s, rec, mode, params):
+                mode, params = self._mode_for(rec)
+                if not self._respond(s, rec, mode, params, st):
                     return
         except OSError:
             pass
@@ -688,6 +701,15 @@ class Origin:
             except OSError:
                 pass
 
+    def _mode_for(self, rec):
+        """(mode, params) for a request: its X-Origin-Mode header, else the origin's mode."""
+        override = rec.header("X-Origin-Mode")
+        if override:
+            parts = override.split()
+            return parts[0], dict(p.split("=", 1) for p in parts[1:])
+        with self.lock:
+            return self.mode, dict(self.params)
+
     def _recv(self, s, st):
         data = s.recv(1 << 18)
         if not data:
@@ -696,6 +718,13 @@ class Origin:
         return True
 
     def _read_request(self, s, st, rec):
+        while st["skip"] != 0:  # the body of a request answered early: not a request
+            if not st["buf"] and not self._recv(s, st):
+                return False
+            n = len(st["buf"]) if st["skip"] < 0 else min(st["skip"], len(st["buf"]))
+            st["buf"] = st["buf"][n:]
+            st["early"].body_len += n  # what of the body arrived, after all
+            st["skip"] = st["skip"] - n if st["skip"] > 0 else -1
         while True:
             i = st["buf"].find(b"\r\n\r\n")
             if i >= 0:
@@ -721,6 +750,13 @@ class Origin:
             if not sep or b"\n" in ln or b"\r" in ln:
                 raise _BadRequest(f"bad header line {ln!r}")
             rec.headers.append((k.decode("latin-1"), v.strip(b" \t").decode("latin-1")))
+        if self._mode_for(rec)[0] == "early":
+            rec.early = True
+            rec.early_buffered = len(st["buf"])
+            st["early"] = rec
+            cl = rec.header("Content-Length") or "0"
+            st["skip"] = int(cl) if cl.isdigit() and rec.header("Transfer-Encoding") is None else -1
+            return True
         if (rec.header("Expect") or "").lower() == "100-continue":
             s.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
         h = hashlib.sha256()
@@ -804,7 +840,7 @@ class Origin:
             return "keep-alive" in conn
         return "close" not in conn
 
-    def _respond(self, s, rec, mode, p):
+    def _respond(self, s, rec, mode, p, st=None):
         """Answer one request; returns False when the connection must end."""
         ka = self._keep_alive(rec)
         conn_hdr = b"" if ka else b"Connection: close\r\n"
@@ -814,6 +850,28 @@ class Origin:
         if delay:
             if self.stopping.wait(delay):
                 return False
+        if mode == "close_reused":
+            if rec.seq > 1:
+                return False
+            mode = "echo"
+        if mode == "early":
+            s.sendall(b"HTTP/1.1 %d X\r\nContent-Length: 0\r\n%s\r\n" % (status, conn_hdr))
+            if self.stopping.wait(float(p.get("hold", 0))):  # still not reading the body
+                return False
+            return ka
+        if mode == "upgrade":
+            s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                      b"Connection: upgrade\r\n\r\n")
+            data, st["buf"] = st["buf"], b""
+            while True:
+                if data:
+                    rec.tunnel_data += data
+                    s.sendall(data)
+                data = s.recv(1 << 16)
+                if not data:
+                    s.sendall(p.get("final", "bye").encode("latin-1"))
+                    time.sleep(0.05)
+                    return False
         if mode in ("echo", "slow", "info", "chunked"):
             if mode == "info":
                 code = int(p.get("code", 103))
@@ -994,3 +1052,23 @@ def wait_for(pred, timeout=5.0, step=0.02):
 def readable(sock, timeout):
     r, _, _ = select.select([sock], [], [], timeout)
     return bool(r)
+
+
+def tcp_queued(port_a, port_b):
+    """Bytes queued in the kernel on the loopback TCP connection between two ports: the send
+    queue of one end plus the receive queue of the other (from /proc/net/tcp); None when the
+    connection is not found."""
+    total = None
+    try:
+        with open("/proc/net/tcp") as f:
+            lines = f.read().splitlines()[1:]
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        local = int(fields[1].split(":")[1], 16)
+        remote = int(fields[2].split(":")[1], 16)
+        if {local, remote} == {port_a, port_b}:
+            tx, rx = (int(x, 16) for x in fields[4].split(":"))
+            total = (total or 0) + tx + rx
+    return total
