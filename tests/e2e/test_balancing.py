@@ -2,6 +2,7 @@
 cookie and the client address, and least-request steering away from a slow instance."""
 import collections
 import threading
+import time
 
 import requests
 
@@ -72,18 +73,25 @@ def test_hash_on_client_ip_is_sticky(gateways, make_origin):
 
 def test_least_request_avoids_the_busy_instance(gateways, make_origin):
     slow, fast = make_origin("slow"), make_origin("fast")
-    slow.set("slow", delay="1.5")  # every request to this instance takes 1.5 s
+    slow.set("slow", delay="4")  # every request to this instance takes 4 s
     g = gateways.start(config=cluster_config([slow.addr, fast.addr], balance="least_request"))
-    # Long requests until one sits on the slow instance (those sent to the fast one end at once).
+    # Long requests until one sits on the slow instance (those sent to the fast one end at once;
+    # ties between two idle instances go either way).
     holds = []
-    for _ in range(8):
+    for _ in range(40):
         t = threading.Thread(target=requests.get, args=(g.url("/hold"),), kwargs={"timeout": 10})
         t.start()
         holds.append(t)
-    slow.wait_requests(1, timeout=5)
+        if slow.wait_requests(1, timeout=0.2):
+            break
+    assert slow.snapshot(), "no long request reached the slow instance"
     # With two choices among two instances, each request goes to the one with fewer requests
     # in flight: the fast one, while the slow one holds its long requests.
+    t0 = time.monotonic()
     seen = served_by(g, 20, path="/quick")
+    elapsed = time.monotonic() - t0
     for t in holds:
         t.join()
+    # (Were the long requests over before the short ones, ties could go either way.)
+    assert elapsed < 3.5, f"short requests took {elapsed:.1f}s: the premise did not hold"
     assert seen == {"fast": 20}
