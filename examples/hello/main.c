@@ -2,6 +2,7 @@
  * gateway. */
 #include <polis/core.h>
 #include <polis/http.h>
+#include <polis/metrics.h>
 
 #include <getopt.h>
 #include <jansson.h>
@@ -251,16 +252,24 @@ int main(int argc, char **argv)
         return 2;
     }
 
+    /* The server counts requests in this registry and serves it on GET /metrics. */
+    struct polis_metrics *metrics = polis_metrics_new();
+    if (metrics == NULL) {
+        polis_error("hello: out of memory");
+        return 1;
+    }
     struct polis_server_opts opts = {
         .listen = listen,
         .threads = (int)threads,
         .handler = handle,
         .ud = &svc,
+        .metrics = metrics,
     };
     struct polis_server *srv;
     int rc = polis_server_start(&opts, &srv);
     if (rc < 0) {
         polis_error("hello: cannot serve on %s: %s", listen, polis_strerror(rc));
+        polis_metrics_free(metrics);
         return 1;
     }
     polis_info("hello: instance %s listening on %s (port %d, %ld thread%s)", svc.name, listen,
@@ -269,6 +278,7 @@ int main(int argc, char **argv)
     int sig = polis_wait_for_shutdown_signal();
     polis_info("hello: %s received, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     polis_server_stop(srv);
+    polis_metrics_free(metrics);
     polis_info("hello: stopped");
     return 0;
 }

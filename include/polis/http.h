@@ -167,9 +167,14 @@ struct polis_server_opts {
     uint64_t header_timeout_ms; /* whole head must arrive in it; 0: 10 s */
     polis_handler_fn handler;
     void *ud;
+    /* NULL, or a registry (polis/metrics.h) in which the server counts requests
+     * (polis_server_requests_total{status_class}, polis_server_request_duration_seconds) and
+     * which it renders itself for GET /metrics, before the handler sees the request. */
+    struct polis_metrics *metrics;
 };
 
 struct polis_server;
+struct polis_metrics;
 
 /* Bind and listen (SO_REUSEPORT per thread) and start the threads. Returns 0 and *out, or
  * POLIS_EINVAL (bad address), POLIS_ESYS (bind failed: errno says why), POLIS_ENOMEM. */

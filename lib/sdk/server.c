@@ -1,5 +1,7 @@
-/* server.c: the simple HTTP/1.1 server of the SDK: a loop per thread, keep-alive, pipelining. */
+/* server.c: the SDK's HTTP server for services: threads with their own loops and listeners,
+ * keep-alive and pipelining, handlers as plain functions, metrics when asked. */
 #include <polis/http.h>
+#include <polis/metrics.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -111,7 +113,8 @@ struct server_thread {
     size_t nconns;
     struct conn *ready_head, *ready_tail; /* connections that used up their turn */
     size_t nready;
-    struct polis_response res; /* one handler runs at a time per thread: reused */
+    struct polis_response res;         /* one handler runs at a time per thread: reused */
+    struct polis_metrics_shard *shard; /* when the server counts requests */
 };
 
 struct polis_server {
@@ -130,6 +133,10 @@ struct polis_server {
     int nreported;
     int setup_err;
     struct server_thread *threads;
+    struct polis_metrics *metrics; /* NULL: no metrics */
+    struct polis_metric *m_duration;
+    uint32_t m_requests[6]; /* by status class: 1xx..5xx, other */
+    uint32_t m_duration_slot;
 };
 
 static const struct polis_h1_limits default_limits = {
@@ -441,6 +448,31 @@ static int conn_queue_response(struct conn *c, struct polis_response *res, bool 
     return rc;
 }
 
+/* Declare the server's families in m and resolve its series. Returns 0 or POLIS_ENOMEM. */
+static int server_metrics(struct polis_server *s, struct polis_metrics *m)
+{
+    static const char *const classes[6] = {"1xx", "2xx", "3xx", "4xx", "5xx", "other"};
+    static const char *const labels[] = {"status_class", NULL};
+    struct polis_metric *req = polis_metrics_family(
+        m, POLIS_METRIC_COUNTER, "polis_server_requests_total",
+        "Requests answered by the service's handler, by status class.", labels, NULL, 0);
+    s->m_duration =
+        polis_metrics_family(m, POLIS_METRIC_HISTOGRAM, "polis_server_request_duration_seconds",
+                             "Time the handler took.", NULL, polis_duration_buckets,
+                             sizeof(polis_duration_buckets) / sizeof(polis_duration_buckets[0]));
+    if (req == NULL || s->m_duration == NULL)
+        return POLIS_ENOMEM;
+    for (int i = 0; i < 6; i++) {
+        const char *const v[] = {classes[i], NULL};
+        if (polis_metric_series(req, v, &s->m_requests[i]) < 0)
+            return POLIS_ENOMEM;
+    }
+    if (polis_metric_series(s->m_duration, NULL, &s->m_duration_slot) < 0)
+        return POLIS_ENOMEM;
+    s->metrics = m;
+    return 0;
+}
+
 /* The request (head and body) is complete at the front of the input: run the handler.
  * msg_len: the request's bytes to drop afterwards; body: offset and length in the input. */
 static void conn_dispatch(struct conn *c, size_t msg_len, size_t body_off, size_t body_len)
@@ -473,7 +505,26 @@ static void conn_dispatch(struct conn *c, size_t msg_len, size_t body_off, size_
     struct polis_response *res = &th->res;
     response_reset(res);
     res->open = true;
-    s->handler(&req, res, s->ud);
+    struct timespec t0, t1;
+    if (s->metrics != NULL && polis_str_eq(req.path, POLIS_STR("/metrics")) &&
+        (polis_str_eq(req.method, POLIS_STR("GET")) ||
+         polis_str_eq(req.method, POLIS_STR("HEAD")))) {
+        polis_response_header(res, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+        if (polis_metrics_render(s->metrics, &res->body) < 0)
+            res->failed = true;
+    } else if (s->metrics != NULL) {
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        s->handler(&req, res, s->ud);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        int status = res->status;
+        int cls = status >= 100 && status < 600 ? status / 100 - 1 : 5;
+        polis_counter_add(th->shard, s->m_requests[cls], 1);
+        polis_histogram_observe(th->shard, s->m_duration, s->m_duration_slot,
+                                (double)(t1.tv_sec - t0.tv_sec) +
+                                    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+    } else {
+        s->handler(&req, res, s->ud);
+    }
     res->open = false;
 
     bool keep_alive = c->msg.keep_alive && !res->close && !th->stopping;
@@ -928,6 +979,11 @@ static int thread_setup(struct server_thread *th)
     int rc = polis_async_init(th->loop, &th->wake, thread_on_wake);
     if (rc < 0)
         return rc;
+    if (th->srv->metrics != NULL) {
+        th->shard = polis_metrics_shard_new(th->srv->metrics); /* freed with the registry */
+        if (th->shard == NULL)
+            return POLIS_ENOMEM;
+    }
     th->wake_ok = true;
     rc = polis_loop_add(th->loop, &th->lw, th->lfd, POLIS_EV_READ, thread_on_accept);
     if (rc < 0)
@@ -1087,6 +1143,11 @@ int polis_server_start(const struct polis_server_opts *opts, struct polis_server
     }
     s->handler = opts->handler;
     s->ud = opts->ud;
+    if (opts->metrics != NULL && server_metrics(s, opts->metrics) < 0) {
+        free(s->threads);
+        free(s);
+        return POLIS_ENOMEM;
+    }
     s->max_body = opts->max_body > 0 ? opts->max_body : DEFAULT_MAX_BODY;
     s->idle_ms = opts->idle_timeout_ms > 0 ? opts->idle_timeout_ms : DEFAULT_IDLE_MS;
     s->header_ms = opts->header_timeout_ms > 0 ? opts->header_timeout_ms : DEFAULT_HEADER_MS;

@@ -1,4 +1,4 @@
-/* Unit tests of the SDK's HTTP server (lib/http/server.c) over real loopback sockets. */
+/* Unit tests of the SDK's HTTP server (lib/sdk/server.c) over real loopback sockets. */
 #include <polis/http.h>
 
 #include <arpa/inet.h>
