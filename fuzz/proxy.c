@@ -58,15 +58,18 @@ static const char config_yaml[] =
     "  - match: {prefix: \"/\"}\n"
     "    cluster: api\n";
 
+static struct polis_gateway gw;
+
 static struct gw_snapshot *snapshot(void)
 {
     static struct gw_snapshot *s;
     if (s == NULL) {
         struct polis_config *cfg;
         struct polis_config_errors errs = {0};
-        if (polis__config_load_string(config_yaml, sizeof(config_yaml) - 1, "fuzz", &cfg, &errs) <
+        if (polis__gw_metrics_init(&gw.metrics, &gw) < 0 ||
+            polis__config_load_string(config_yaml, sizeof(config_yaml) - 1, "fuzz", &cfg, &errs) <
                 0 ||
-            polis__snapshot_new(cfg, 1, 1, &s) < 0)
+            polis__snapshot_new(cfg, 1, 1, &gw.metrics, &s) < 0)
             abort();
     }
     return s;
@@ -151,14 +154,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     up_len = size - client_len;
     num_ups = 0;
 
-    static struct polis_gateway gw;
     struct gw_snapshot *s = snapshot();
     atomic_store(&gw.alog_fd, -1);
     atomic_store(&gw.snap, s);
+    static struct polis_metrics_shard *shard; /* one for every run: shards live on */
     struct gw_worker wk;
     memset(&wk, 0, sizeof(wk));
+    wk.shard = shard;
     if (polis__worker_setup(&gw, &wk, 0, s) < 0)
         abort();
+    shard = wk.shard;
     wk.connect_io = connect_io;
 
     struct polis_io_mem cm = {.in = (const char *)data,

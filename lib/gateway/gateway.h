@@ -6,6 +6,7 @@
 #include "gateway/balance.h"
 #include "gateway/router.h"
 #include <polis/http.h>
+#include <polis/metrics.h>
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -28,8 +29,31 @@ void polis__gateway_drain_and_free(struct polis_gateway *gw);
  * Returns the process exit status. */
 int polis__gateway_main(struct polis_config *cfg, const char *path);
 
-/* ---- Internals --------------------------------------------------------------------------------
- */
+/* ---- Internals ------------------------------------------------------------------------------ */
+
+/* Metric series of one configuration, resolved when it is loaded (gwmetrics.c). */
+#define GW_CLASSES 6 /* 1xx..5xx, other */
+#define GW_UPSTREAM_ERRORS 4
+enum gw_upstream_error { GW_ERR_CONNECT, GW_ERR_TIMEOUT, GW_ERR_RESET, GW_ERR_INVALID };
+
+struct gw_route_slots {
+    uint32_t requests[GW_CLASSES];
+    uint32_t duration, bytes_in, bytes_out;
+};
+
+struct gw_cluster_slots {
+    uint32_t duration, connections, reused;
+    uint32_t errors[GW_UPSTREAM_ERRORS];
+};
+
+struct gw_metrics {
+    struct polis_metrics *reg;
+    struct polis_metric *requests, *duration, *bytes_in, *bytes_out;
+    struct polis_metric *upstream_duration, *upstream_errors, *upstream_conns, *upstream_reused;
+    struct polis_metric *conns_active, *conns_total;
+    uint32_t conns_active_slot, conns_total_slot;
+    struct polis_metrics_shard *main_shard; /* the main thread's (build info) */
+};
 
 /* An immutable configuration with everything compiled from it; shared read-only by workers. */
 struct gw_snapshot {
@@ -42,6 +66,8 @@ struct gw_snapshot {
     atomic_int refs;                   /* one per worker still using it, one for the gateway */
     uint64_t version;
     int workers;
+    struct gw_route_slots *route_slots;     /* [num_routes + 1]: the last is "no route" */
+    struct gw_cluster_slots *cluster_slots; /* [num_clusters] */
 };
 
 /* Idle keep-alive connections to one upstream address, per worker. */
@@ -83,7 +109,8 @@ struct gw_worker {
     char id_prefix[17];
     bool draining;
     bool stopped;
-    atomic_bool stop_now; /* set by the main thread: drain deadline passed */
+    atomic_bool stop_now;              /* set by the main thread: drain deadline passed */
+    struct polis_metrics_shard *shard; /* this worker's metric values */
     /* Tests and fuzzers: open upstream connections as this layer instead of a socket.
      * Returns 0 and fills io, or a negative code (the connection is refused). */
     int (*connect_io)(struct gw_worker *wk, const struct polis_addr *to, struct polis_io *io);
@@ -100,12 +127,21 @@ struct polis_gateway {
     char *alog_path;
     atomic_bool draining;
     struct polis_server *admin;
-    uint64_t started_ms;
+    struct gw_metrics metrics;
+    uint64_t started_unix;        /* seconds */
+    _Atomic uint64_t loaded_unix; /* when the configuration in use was loaded */
 };
 
-/* Snapshots (snapshot.c). */
+/* Snapshots (snapshot.c). gm: the registry its series are resolved in. */
 int polis__snapshot_new(struct polis_config *cfg, int workers, uint64_t version,
-                        struct gw_snapshot **out);
+                        struct gw_metrics *gm, struct gw_snapshot **out);
+
+/* Metrics (gwmetrics.c). init declares the families (gw is read by scrape-time gauges). */
+int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw);
+void polis__gw_metrics_free(struct gw_metrics *gm);
+int polis__gw_metrics_resolve(struct gw_metrics *gm, struct gw_snapshot *s);
+/* 0..4 for 1xx..5xx, 5 for anything else. */
+int polis__gw_status_class(int status);
 void polis__snapshot_release(struct gw_snapshot *s);
 
 /* Proxying (proxy.c), all on the worker's thread. */
@@ -123,7 +159,9 @@ void polis__proxy_close_all(struct gw_worker *wk);
 /* Close every idle upstream connection of the worker. */
 void polis__pools_close_all(struct gw_worker *wk);
 
-/* Set up a worker on snapshot s without a listener or a thread, and tear it down (tests). */
+/* Set up a worker on snapshot s without a listener or a thread, and tear it down (tests).
+ * Metric shards live as long as the registry: a test that sets up many workers hands the same
+ * one in (wk->shard set before setup) instead of creating one each time. */
 int polis__worker_setup(struct polis_gateway *gw, struct gw_worker *wk, int id,
                         struct gw_snapshot *s);
 void polis__worker_teardown(struct gw_worker *wk);

@@ -64,7 +64,8 @@ struct gw_req {
     int status;
     int attempts;
     uint64_t bytes_in, bytes_out;
-    struct timespec t0;
+    struct timespec t0, t_up; /* head parsed; upstream connection taken */
+    bool upstream_answered;   /* the status comes from the upstream */
     char request_id[72];
     uint8_t request_id_len;
     struct polis_buf log; /* the access log fields known at head time */
@@ -98,7 +99,8 @@ static const struct polis_config *wcfg(const struct gw_worker *wk)
 static void u_event(struct polis_loop *loop, struct polis_watch *w, unsigned events);
 static void u_timeout(struct polis_loop *loop, struct polis_timer *t);
 static void d_run(struct gw_dconn *c);
-static int upstream_failed(struct gw_dconn *c, int status, const char *why, bool conn_lost);
+static int upstream_failed(struct gw_dconn *c, int status, const char *why,
+                           enum gw_upstream_error kind);
 
 static void u_free(struct gw_uconn *u)
 {
@@ -246,7 +248,7 @@ static void d_request_timeout(struct polis_loop *loop, struct polis_timer *t);
 
 static void req_release(struct gw_dconn *c);
 static bool alog_on(const struct gw_worker *wk);
-static void log_end(struct gw_dconn *c);
+static void req_record(struct gw_dconn *c);
 
 static void d_free(struct gw_dconn *c)
 {
@@ -254,10 +256,10 @@ static void d_free(struct gw_dconn *c)
     if (c->state == D_REQUEST) {
         /* A request that ends here was cut short: log it all the same (499: nothing was
          * answered, as nginx says for a client that went away). */
-        if (c->r.request_id_len > 0 && alog_on(wk)) {
+        if (c->r.request_id_len > 0) {
             if (c->r.dsent == 0 || c->r.status == 0) /* nothing reached the client */
                 c->r.status = 499;
-            log_end(c);
+            req_record(c);
         }
         req_release(c);
     }
@@ -278,6 +280,7 @@ static void d_free(struct gw_dconn *c)
     if (c->next != NULL)
         c->next->prev = c->prev;
     wk->num_conns--;
+    polis_gauge_add(wk->shard, wk->gw->metrics.conns_active_slot, -1);
     free(c);
     if (wk->draining && wk->num_conns == 0)
         polis_loop_stop(wk->loop);
@@ -320,6 +323,8 @@ static void d_start(struct gw_worker *wk, const struct polis_io *io,
         wk->conns->prev = c;
     wk->conns = c;
     wk->num_conns++;
+    polis_gauge_add(wk->shard, wk->gw->metrics.conns_active_slot, 1);
+    polis_counter_add(wk->shard, wk->gw->metrics.conns_total_slot, 1);
     /* The first bytes usually arrive with the accept on loopback; the edge will tell anyway. */
     c->can_read = true;
     polis_timer_arm(wk->loop, &c->timer, cfg->timeouts.header_read_ms);
@@ -501,15 +506,14 @@ static void log_begin(struct gw_dconn *c, const struct polis_h1_msg *m)
     json_str(b, h >= 0 ? m->headers[h].value : (struct polis_str){"", 0});
 }
 
-static void log_end(struct gw_dconn *c)
+static void log_end(struct gw_dconn *c, const struct timespec *now)
 {
     struct gw_worker *wk = c->wk;
     struct gw_req *r = &c->r;
-    struct timespec now, wall;
-    clock_gettime(CLOCK_MONOTONIC, &now);
+    struct timespec wall;
     clock_gettime(CLOCK_REALTIME, &wall);
     double ms =
-        (double)(now.tv_sec - r->t0.tv_sec) * 1e3 + (double)(now.tv_nsec - r->t0.tv_nsec) / 1e6;
+        (double)(now->tv_sec - r->t0.tv_sec) * 1e3 + (double)(now->tv_nsec - r->t0.tv_nsec) / 1e6;
     struct tm tm;
     gmtime_r(&wall.tv_sec, &tm);
     struct polis_buf *b = &wk->alog;
@@ -534,7 +538,36 @@ static void log_end(struct gw_dconn *c)
     const char *cl = r->cluster != NULL ? r->cluster->name : "";
     json_str(b, (struct polis_str){cl, strlen(cl)});
     polis_buf_append(b, "}\n", 2);
-    r->request_id_len = 0; /* logged: once only */
+}
+
+static double seconds_since(const struct timespec *t0, const struct timespec *now)
+{
+    return (double)(now->tv_sec - t0->tv_sec) + (double)(now->tv_nsec - t0->tv_nsec) / 1e9;
+}
+
+/* A request ended (answered or cut short): count it in the metrics and log it, once. */
+static void req_record(struct gw_dconn *c)
+{
+    struct gw_worker *wk = c->wk;
+    struct gw_req *r = &c->r;
+    const struct gw_snapshot *s = r->ws->snap;
+    struct polis_metrics_shard *sh = wk->shard;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    size_t ri = r->route != NULL ? (size_t)(r->route - s->cfg->routes) : s->cfg->num_routes;
+    const struct gw_route_slots *rs = &s->route_slots[ri];
+    polis_counter_add(sh, rs->requests[polis__gw_status_class(r->status)], 1);
+    polis_histogram_observe(sh, wk->gw->metrics.duration, rs->duration,
+                            seconds_since(&r->t0, &now));
+    polis_counter_add(sh, rs->bytes_in, r->bytes_in);
+    polis_counter_add(sh, rs->bytes_out, r->bytes_out);
+    if (r->upstream_answered)
+        polis_histogram_observe(sh, wk->gw->metrics.upstream_duration,
+                                s->cluster_slots[r->cluster_idx].duration,
+                                seconds_since(&r->t_up, &now));
+    if (alog_on(wk))
+        log_end(c, &now);
+    r->request_id_len = 0; /* recorded: once only */
 }
 
 /* ---- Building heads -------------------------------------------------------------------------- */
@@ -808,8 +841,7 @@ static void req_begin(struct gw_dconn *c)
     r->ws = wk->cur;
     r->ws->inflight++;
     r->request_id_len = 0;
-    if (alog_on(wk))
-        clock_gettime(CLOCK_MONOTONIC, &r->t0);
+    clock_gettime(CLOCK_MONOTONIC, &r->t0);
     uint64_t limit = r->ws->snap->cfg->timeouts.request_ms;
     if (limit > 0)
         polis_timer_arm(wk->loop, &c->req_timer, limit);
@@ -953,7 +985,7 @@ static int req_connect(struct gw_dconn *c, bool fresh)
     if (u == NULL) {
         u = u_connect(c->wk, p);
         if (u == NULL) {
-            upstream_failed(c, 502, "cannot connect to upstream", false);
+            upstream_failed(c, 502, "cannot connect to upstream", GW_ERR_CONNECT);
             return DONE;
         }
         if (!u->connected)
@@ -966,6 +998,9 @@ static int req_connect(struct gw_dconn *c, bool fresh)
     u->owner = c;
     r->up = u;
     r->hsent = 0;
+    const struct gw_cluster_slots *cs = &r->ws->snap->cluster_slots[r->cluster_idx];
+    polis_counter_add(c->wk->shard, u->reused ? cs->reused : cs->connections, 1);
+    clock_gettime(CLOCK_MONOTONIC, &r->t_up);
     return 0;
 }
 
@@ -1068,7 +1103,8 @@ static int send_request(struct gw_dconn *c)
                 polis_timer_arm(c->wk->loop, &u->timer, upstream_timeout(r));
                 return WAIT;
             }
-            return upstream_failed(c, 502, "upstream connection failed while sending", true);
+            return upstream_failed(c, 502, "upstream connection failed while sending",
+                                   GW_ERR_RESET);
         }
         size_t sent = (size_t)w;
         r->up_write_blocked = false;
@@ -1191,13 +1227,15 @@ static int handle_response_head(struct gw_dconn *c, struct polis_h1_msg *m, size
     }
     if (m->status == 101) {
         if (!r->upgrade)
-            return upstream_failed(c, 502, "upstream switched protocols unasked", false);
+            return upstream_failed(c, 502, "upstream switched protocols unasked", GW_ERR_INVALID);
         r->tunnel = true;
     }
     int te = m->hdr_index[POLIS_HDR_TRANSFER_ENCODING];
     if (te >= 0 && m->body == POLIS_BODY_CLOSE)
-        return upstream_failed(c, 502, "upstream used a transfer coding other than chunked", false);
+        return upstream_failed(c, 502, "upstream used a transfer coding other than chunked",
+                               GW_ERR_INVALID);
     r->status = m->status;
+    r->upstream_answered = true;
     r->upstream_reusable = m->keep_alive && !r->tunnel;
     r->resp_te = te >= 0 ? m->headers[te].value : (struct polis_str){NULL, 0};
     switch (m->body) {
@@ -1327,7 +1365,7 @@ static int recv_response(struct gw_dconn *c)
         if (u != NULL && r->resp_head_done && !r->tunnel && polis_buf_len(&u->in) > r->resp_ready &&
             classify_response_body(c) < 0) {
             if (r->dsent == 0)
-                return upstream_failed(c, 502, "upstream sent an invalid body", false);
+                return upstream_failed(c, 502, "upstream sent an invalid body", GW_ERR_INVALID);
             d_free(c); /* the head went out already: all we can do is cut */
             return GONE;
         }
@@ -1357,7 +1395,7 @@ static int recv_response(struct gw_dconn *c)
                 continue;
             }
             if (rc != POLIS_EAGAIN)
-                return upstream_failed(c, 502, "upstream sent an invalid response", false);
+                return upstream_failed(c, 502, "upstream sent an invalid response", GW_ERR_INVALID);
         }
         if (!u->can_read) {
             /* The upstream owes us bytes only once it has the whole request. */
@@ -1370,7 +1408,7 @@ static int recv_response(struct gw_dconn *c)
             return WAIT;
         }
         if (polis_buf_reserve(&u->in, 1) < 0)
-            return upstream_failed(c, 502, "upstream response head too large", false);
+            return upstream_failed(c, 502, "upstream response head too large", GW_ERR_INVALID);
         size_t space = u->in.size - u->in.end;
         ssize_t n = polis_io_read(&u->io, u->in.data + u->in.end, space);
         if (n > 0) {
@@ -1398,21 +1436,26 @@ static int recv_response(struct gw_dconn *c)
             return GONE;
         }
         return upstream_failed(
-            c, 502, n == 0 ? "upstream closed the connection" : "upstream connection reset", true);
+            c, 502, n == 0 ? "upstream closed the connection" : "upstream connection reset",
+            GW_ERR_RESET);
     }
 }
 
-/* The upstream failed before a response could be forwarded. A pooled connection that the
- * server had closed while idle (conn_lost: EOF or reset, before any response byte) is retried
+/* The upstream failed before a response could be forwarded (counted by kind). A pooled
+ * connection that the server had closed while idle (GW_ERR_RESET: EOF or reset, before any
+ * response byte) is retried
  * once on a fresh connection, but only for an idempotent method whose body did not start to
  * flow: a timeout is never retried, and a POST is never sent twice. Otherwise the error answer
  * is prepared. Returns AGAIN (retrying, or the answer waits to be flushed by recv_response())
  * or GONE. */
-static int upstream_failed(struct gw_dconn *c, int status, const char *why, bool conn_lost)
+static int upstream_failed(struct gw_dconn *c, int status, const char *why,
+                           enum gw_upstream_error kind)
 {
     struct gw_req *r = &c->r;
     struct gw_uconn *u = r->up;
-    bool stale = conn_lost && u != NULL && u->reused && !r->got_response_bytes;
+    bool stale = kind == GW_ERR_RESET && u != NULL && u->reused && !r->got_response_bytes;
+    if (r->cluster != NULL)
+        polis_counter_add(c->wk->shard, r->ws->snap->cluster_slots[r->cluster_idx].errors[kind], 1);
     if (u != NULL) {
         u_free(u);
         r->up = NULL;
@@ -1441,8 +1484,8 @@ static int req_finish(struct gw_dconn *c)
     struct gw_worker *wk = c->wk;
     struct gw_req *r = &c->r;
     const struct polis_config *cfg = r->ws->snap->cfg;
-    if (alog_on(wk) && r->request_id_len > 0)
-        log_end(c);
+    if (r->request_id_len > 0)
+        req_record(c);
     struct gw_uconn *u = r->up;
     if (u != NULL) {
         r->up = NULL;
@@ -1594,7 +1637,7 @@ static void u_event(struct polis_loop *loop, struct polis_watch *w, unsigned eve
         getsockopt(u->w.fd, SOL_SOCKET, SO_ERROR, &err, &len);
         struct gw_dconn *c = u->owner;
         if (err != 0) {
-            if (upstream_failed(c, 502, "cannot connect to upstream", false) != GONE)
+            if (upstream_failed(c, 502, "cannot connect to upstream", GW_ERR_CONNECT) != GONE)
                 d_run(c);
             return;
         }
@@ -1617,7 +1660,7 @@ static void u_timeout(struct polis_loop *loop, struct polis_timer *t)
     }
     struct gw_dconn *c = u->owner;
     int rc = upstream_failed(
-        c, 504, u->connected ? "upstream timed out" : "upstream connect timed out", false);
+        c, 504, u->connected ? "upstream timed out" : "upstream connect timed out", GW_ERR_TIMEOUT);
     if (rc != GONE)
         d_run(c);
 }

@@ -20,6 +20,8 @@ static void destroy(struct gw_snapshot *s, bool free_cfg)
     }
     polis__router_free(s->router);
     free(s->inst_base);
+    free(s->route_slots);
+    free(s->cluster_slots);
     if (free_cfg)
         polis__config_free(s->cfg);
     free(s);
@@ -32,7 +34,7 @@ void polis__snapshot_release(struct gw_snapshot *s)
 }
 
 int polis__snapshot_new(struct polis_config *cfg, int workers, uint64_t version,
-                        struct gw_snapshot **out)
+                        struct gw_metrics *gm, struct gw_snapshot **out)
 {
     struct gw_snapshot *s = calloc(1, sizeof(*s));
     if (s == NULL)
@@ -61,6 +63,8 @@ int polis__snapshot_new(struct polis_config *cfg, int workers, uint64_t version,
                 goto fail;
         }
     }
+    if (polis__gw_metrics_resolve(gm, s) < 0)
+        goto fail;
     *out = s;
     return 0;
 fail:

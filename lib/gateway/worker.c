@@ -3,6 +3,7 @@
 #include "gateway/gateway.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -274,6 +275,10 @@ int polis__worker_setup(struct polis_gateway *gw, struct gw_worker *wk, int id,
         rnd = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     snprintf(wk->id_prefix, sizeof(wk->id_prefix), "%016llx",
              (unsigned long long)(rnd ^ (uint64_t)id));
+    if (wk->shard == NULL) /* a test may hand in the shard of an earlier worker */
+        wk->shard = polis_metrics_shard_new(gw->metrics.reg);
+    if (wk->shard == NULL)
+        return POLIS_ENOMEM;
     wk->loop = polis_loop_new();
     if (wk->loop == NULL)
         return POLIS_ESYS;
@@ -331,10 +336,65 @@ static int num_cores(void)
     return n > 0 ? (int)n : 1;
 }
 
-/* The admin listener: liveness and readiness for orchestrators and load balancers. */
+/* /status: what an operator asks first, as JSON. */
+static void admin_status(struct polis_gateway *gw, struct polis_response *res)
+{
+    struct gw_snapshot *snap;
+    pthread_mutex_lock(&gw->snap_lock); /* keep the snapshot alive while it is read */
+    snap = atomic_load(&gw->snap);
+    atomic_fetch_add(&snap->refs, 1);
+    pthread_mutex_unlock(&gw->snap_lock);
+    const struct polis_config *cfg = snap->cfg;
+    uint64_t now = (uint64_t)time(NULL);
+    time_t loaded = (time_t)atomic_load(&gw->loaded_unix);
+    struct tm tm;
+    gmtime_r(&loaded, &tm);
+    json_t *clusters = json_array();
+    for (size_t i = 0; i < cfg->num_clusters; i++) {
+        json_t *inst = json_array();
+        for (size_t k = 0; k < cfg->clusters[i].num_instances; k++)
+            json_array_append_new(inst, json_string(cfg->clusters[i].instances[k].addr.text));
+        json_array_append_new(
+            clusters, json_pack("{s:s,s:o}", "name", cfg->clusters[i].name, "instances", inst));
+    }
+    char loaded_at[32];
+    strftime(loaded_at, sizeof(loaded_at), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    json_t *j = json_pack(
+        "{s:s,s:I,s:{s:I,s:s,s:s},s:i,s:{s:I,s:I},s:b,s:s,s:o}", "version", POLIS_VERSION,
+        "uptime_seconds", (json_int_t)(now - gw->started_unix), "config", "version",
+        (json_int_t)snap->version, "source", cfg->source, "loaded_at", loaded_at, "workers",
+        gw->num_workers, "connections", "active",
+        (json_int_t)polis_metric_value(gw->metrics.reg, gw->metrics.conns_active_slot), "total",
+        (json_int_t)polis_metric_value(gw->metrics.reg, gw->metrics.conns_total_slot), "draining",
+        atomic_load(&gw->draining), "listen", cfg->listen.text, "clusters", clusters);
+    polis__snapshot_release(snap);
+    char *text = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    if (text == NULL) {
+        polis_response_status(res, 500);
+        polis_response_printf(res, "{\"error\":\"internal_error\",\"status\":500}\n");
+    } else {
+        polis_response_printf(res, "%s\n", text);
+    }
+    free(text);
+    json_decref(j);
+}
+
+/* The admin listener: health for orchestrators, metrics for Prometheus, status for people. */
 static void admin_handler(const struct polis_request *req, struct polis_response *res, void *ud)
 {
     struct polis_gateway *gw = ud;
+    if (polis_str_eq(req->path, POLIS_STR("/metrics"))) {
+        struct polis_buf out;
+        polis_buf_init(&out, 64u << 20);
+        polis_response_header(res, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
+        if (polis_metrics_render(gw->metrics.reg, &out) < 0) {
+            polis_response_status(res, 500);
+        } else {
+            polis_response_body(res, polis_buf_head(&out), polis_buf_len(&out));
+        }
+        polis_buf_free(&out);
+        return;
+    }
     polis_response_header(res, "Content-Type", "application/json");
     if (polis_str_eq(req->path, POLIS_STR("/health"))) {
         polis_response_printf(res, "{\"status\":\"ok\"}\n");
@@ -346,6 +406,8 @@ static void admin_handler(const struct polis_request *req, struct polis_response
             polis_response_printf(res, "{\"status\":\"ready\",\"config_version\":%llu}\n",
                                   (unsigned long long)atomic_load(&gw->version));
         }
+    } else if (polis_str_eq(req->path, POLIS_STR("/status"))) {
+        admin_status(gw, res);
     } else {
         polis_response_status(res, 404);
         polis_response_printf(res, "{\"error\":\"not_found\",\"status\":404}\n");
@@ -362,6 +424,7 @@ static void gateway_free(struct polis_gateway *gw)
     if (fd >= 0)
         close(fd);
     free(gw->alog_path);
+    polis__gw_metrics_free(&gw->metrics); /* the workers' shards go with it */
     free(gw);
 }
 
@@ -371,9 +434,14 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
     if (gw == NULL)
         return POLIS_ENOMEM;
     int n = cfg->workers > 0 ? cfg->workers : num_cores();
+    gw->started_unix = (uint64_t)time(NULL);
+    atomic_init(&gw->loaded_unix, gw->started_unix);
     struct gw_snapshot *s;
-    int rc = polis__snapshot_new(cfg, n, 1, &s);
+    int rc = polis__gw_metrics_init(&gw->metrics, gw);
+    if (rc == 0)
+        rc = polis__snapshot_new(cfg, n, 1, &gw->metrics, &s);
     if (rc < 0) {
+        polis__gw_metrics_free(&gw->metrics);
         polis__config_free(cfg);
         free(gw);
         return rc;
@@ -442,9 +510,10 @@ int polis__gateway_reload(struct polis_gateway *gw, struct polis_config *cfg)
                    cfg->listen.text, oc->listen.text);
     uint64_t version = atomic_load(&gw->version) + 1;
     struct gw_snapshot *s;
-    int rc = polis__snapshot_new(cfg, gw->num_workers, version, &s);
+    int rc = polis__snapshot_new(cfg, gw->num_workers, version, &gw->metrics, &s);
     if (rc < 0)
         return rc;
+    atomic_store(&gw->loaded_unix, (uint64_t)time(NULL));
     atomic_store(&gw->version, version);
     pthread_mutex_lock(&gw->snap_lock);
     atomic_store(&gw->snap, s);
