@@ -407,6 +407,7 @@ void polis__config_defaults(struct polis_config *cfg)
     cfg->limits.max_headers = 100;
     cfg->limits.max_body = 64ull * 1024 * 1024;
     cfg->limits.max_connections = 100000;
+    cfg->tracing.sample_ratio = 0.1;
     cfg->timeouts.header_read_ms = 10000;
     cfg->timeouts.body_read_ms = 30000;
     cfg->timeouts.idle_ms = 60000;
@@ -443,6 +444,8 @@ void polis__config_free(struct polis_config *cfg)
         return;
     free(cfg->source);
     free(cfg->access_log);
+    free(cfg->tracing.endpoint);
+    free(cfg->tracing.service_name);
     for (size_t i = 0; cfg->clusters && i < cfg->num_clusters; i++) {
         struct polis_cluster_cfg *c = &cfg->clusters[i];
         free(c->name);
@@ -1408,6 +1411,38 @@ static void load_timeouts(struct ld *L, const struct node *m, int line)
     NUM_FIELD(L, m, "timeouts", "drain", UNIT_MS, 0, MAX_MS, t->drain_ms);
 }
 
+static void load_tracing(struct ld *L, const struct node *m, int line)
+{
+    static const char *const keys[] = {"endpoint", "service_name", "sample_ratio", NULL};
+    struct polis_tracing_cfg *t = &L->cfg->tracing;
+    int kl = 0;
+    const struct node *n;
+    if (!map_check(L, m, line, "tracing", keys,
+                   "a mapping with endpoint, service_name and sample_ratio"))
+        return;
+    if ((n = get(m, "endpoint", &kl)) && !is_off(n)) {
+        bool ok = rd_str(L, n, kl, "tracing.endpoint",
+                         "an OTLP/HTTP URL like http://127.0.0.1:4318/v1/traces", &t->endpoint);
+        if (ok && strncmp(t->endpoint, "http://", 7) != 0) {
+            wrong(L, n, kl, "tracing.endpoint",
+                  "an http:// URL like http://127.0.0.1:4318/v1/traces");
+        }
+    }
+    if ((n = get(m, "service_name", &kl))) {
+        free(t->service_name);
+        t->service_name = NULL;
+        rd_str(L, n, kl, "tracing.service_name", "a name like polis-gateway", &t->service_name);
+    }
+    if ((n = get(m, "sample_ratio", &kl))) {
+        char *end = NULL;
+        double v = n->type == N_SCALAR && !is_null(n) ? strtod(n->s, &end) : -1;
+        if (end == NULL || end == n->s || *end != '\0' || !(v >= 0 && v <= 1))
+            wrong(L, n, kl, "tracing.sample_ratio", "a number from 0 to 1, like 0.1");
+        else
+            t->sample_ratio = v;
+    }
+}
+
 static void load_instance(struct ld *L, const struct node *n, const char *path,
                           struct polis_instance_cfg *in)
 {
@@ -1728,8 +1763,8 @@ static void load_route(struct ld *L, const struct node *m, size_t idx)
 /* Returns false when the document is not a mapping (nothing else is worth checking then). */
 static bool load_root(struct ld *L, const struct node *root)
 {
-    static const char *const keys[] = {"workers",  "listen",   "admin",  "access_log", "limits",
-                                       "timeouts", "clusters", "routes", NULL};
+    static const char *const keys[] = {"workers",  "listen",  "admin",    "access_log", "limits",
+                                       "timeouts", "tracing", "clusters", "routes",     NULL};
     struct polis_config *cfg = L->cfg;
     int kl = 0;
     const struct node *n;
@@ -1763,6 +1798,8 @@ static bool load_root(struct ld *L, const struct node *root)
         load_limits(L, n, kl);
     if ((n = get(root, "timeouts", &kl)))
         load_timeouts(L, n, kl);
+    if ((n = get(root, "tracing", &kl)))
+        load_tracing(L, n, kl);
     if ((n = get(root, "clusters", &kl))) {
         if (n->type == N_SEQ && n->n) {
             cfg->clusters = calloc(n->n, sizeof(*cfg->clusters));

@@ -111,6 +111,13 @@ struct polis_timeouts_cfg {
     uint64_t drain_ms;       /* SIGTERM: how long in-flight requests may take: 30 s */
 };
 
+/* Distributed tracing (OTLP/HTTP JSON). Off unless an endpoint is set. */
+struct polis_tracing_cfg {
+    char *endpoint;      /* "http://127.0.0.1:4318/v1/traces"; NULL: tracing off */
+    char *service_name;  /* default "polis-gateway" */
+    double sample_ratio; /* new traces: 0..1, default 0.1; a parent's decision wins */
+};
+
 struct polis_config {
     char *source; /* file path, or "command line" */
     int workers;  /* 0: number of cores */
@@ -120,6 +127,7 @@ struct polis_config {
     char *access_log;        /* NULL: off; "-": stdout; else a file path */
     struct polis_limits_cfg limits;
     struct polis_timeouts_cfg timeouts;
+    struct polis_tracing_cfg tracing;
     struct polis_cluster_cfg *clusters;
     size_t num_clusters;
     struct polis_route_cfg *routes;

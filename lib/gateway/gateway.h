@@ -128,6 +128,7 @@ struct polis_gateway {
     atomic_bool draining;
     struct polis_server *admin;
     struct gw_metrics metrics;
+    struct polis_tracer *tracer;  /* NULL: tracing off */
     uint64_t started_unix;        /* seconds */
     _Atomic uint64_t loaded_unix; /* when the configuration in use was loaded */
 };

@@ -3,6 +3,8 @@
  * connections. Everything runs on the worker's thread; nothing here takes a lock. */
 #include "gateway/gateway.h"
 
+#include <polis/trace.h>
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/tcp.h>
@@ -65,7 +67,13 @@ struct gw_req {
     int attempts;
     uint64_t bytes_in, bytes_out;
     struct timespec t0, t_up; /* head parsed; upstream connection taken */
-    bool upstream_answered;   /* the status comes from the upstream */
+    /* Tracing (when the gateway has a tracer): the context sent upstream, and the spans of a
+     * sampled request, allocated only then so that connections stay small. */
+    bool traced, sampled;
+    struct polis_trace_ctx trace; /* span_id: this request's server span */
+    struct polis_span *span, *cspan;
+    size_t tp_off;          /* where the traceparent value sits in hbuf, to renew it on a retry */
+    bool upstream_answered; /* the status comes from the upstream */
     char request_id[72];
     uint8_t request_id_len;
     struct polis_buf log; /* the access log fields known at head time */
@@ -249,6 +257,7 @@ static void d_request_timeout(struct polis_loop *loop, struct polis_timer *t);
 static void req_release(struct gw_dconn *c);
 static bool alog_on(const struct gw_worker *wk);
 static void req_record(struct gw_dconn *c);
+static void trace_end(struct gw_dconn *c);
 
 static void d_free(struct gw_dconn *c)
 {
@@ -520,6 +529,17 @@ static void log_end(struct gw_dconn *c, const struct timespec *now)
     polis_buf_printf(b, "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"request_id\":\"%.*s\"",
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      wall.tv_nsec / 1000000, (int)r->request_id_len, r->request_id);
+    if (r->traced) {
+        static const char hex[] = "0123456789abcdef";
+        char id[32];
+        for (int n = 0; n < 16; n++) {
+            id[2 * n] = hex[r->trace.trace_id[n] >> 4];
+            id[2 * n + 1] = hex[r->trace.trace_id[n] & 15];
+        }
+        APPEND_LIT(b, ",\"trace_id\":\"");
+        polis_buf_append(b, id, sizeof(id));
+        APPEND_LIT(b, "\"");
+    }
     if (polis_buf_len(&r->log) > 0) {
         polis_buf_append(b, polis_buf_head(&r->log), polis_buf_len(&r->log));
     } else { /* the head never parsed (400, 408, 431...) */
@@ -565,6 +585,8 @@ static void req_record(struct gw_dconn *c)
         polis_histogram_observe(sh, wk->gw->metrics.upstream_duration,
                                 s->cluster_slots[r->cluster_idx].duration,
                                 seconds_since(&r->t_up, &now));
+    if (r->traced)
+        trace_end(c);
     if (alog_on(wk))
         log_end(c, &now);
     r->request_id_len = 0; /* recorded: once only */
@@ -594,6 +616,116 @@ static void append_header_ops(struct polis_buf *b, const struct polis_header_ops
         polis_buf_append(b, ops->add[i].value, strlen(ops->add[i].value));
         APPEND_LIT(b, "\r\n");
     }
+}
+
+/* ---- Tracing -----------------------------------------------------------------------------------
+ */
+
+static bool is_name(struct polis_str n, const char *lit, size_t len)
+{
+    return n.len == len && polis_str_caseeq(n, (struct polis_str){lit, len});
+}
+
+/* Join the client's trace or start one, decide sampling, start the server span. */
+static void trace_begin(struct gw_dconn *c, const struct polis_h1_msg *m, struct polis_str host,
+                        struct polis_str path)
+{
+    struct gw_req *r = &c->r;
+    struct polis_tracer *t = c->wk->gw->tracer;
+    struct polis_trace_ctx parent;
+    bool has_parent = false;
+    for (size_t i = 0; i < m->num_headers && !has_parent; i++) {
+        if (is_name(m->headers[i].name, "traceparent", 11))
+            has_parent = polis_traceparent_parse(m->headers[i].value, &parent) == 0;
+    }
+    r->traced = true;
+    if (has_parent)
+        memcpy(r->trace.trace_id, parent.trace_id, 16);
+    else
+        polis_trace_random_id(r->trace.trace_id, 16);
+    polis_trace_random_id(r->trace.span_id, 8);
+    r->sampled = polis_tracer_sampled(t, has_parent ? &parent : NULL, r->trace.trace_id);
+    r->trace.flags = r->sampled ? 1 : 0;
+    if (!r->sampled || (r->span = malloc(sizeof(*r->span))) == NULL)
+        return;
+    char name[96];
+    int n = snprintf(name, sizeof(name), "%.*s %.*s", (int)m->method.len, m->method.p,
+                     (int)(r->route != NULL ? strlen(r->route->name) : 0),
+                     r->route != NULL ? r->route->name : "");
+    polis_span_start(
+        r->span, has_parent ? &parent : NULL, POLIS_SPAN_SERVER,
+        (struct polis_str){name, (size_t)n < sizeof(name) ? (size_t)n : sizeof(name) - 1});
+    memcpy(r->span->trace_id, r->trace.trace_id, 16); /* a root span keeps the id chosen above */
+    memcpy(r->span->span_id, r->trace.span_id, 8);
+    polis_span_attr_str(r->span, "http.request.method", m->method);
+    polis_span_attr_str(r->span, "url.path", path);
+    polis_span_attr_str(r->span, "url.scheme", POLIS_STR("http"));
+    polis_span_attr_str(r->span, "server.address", host);
+    polis_span_attr_str(r->span, "client.address", (struct polis_str){c->ip, c->ip_len});
+    polis_span_attr_str(r->span, "network.protocol.version",
+                        m->minor_version == 0 ? POLIS_STR("1.0") : POLIS_STR("1.1"));
+    if (r->route != NULL)
+        polis_span_attr_str(r->span, "http.route",
+                            (struct polis_str){r->route->name, strlen(r->route->name)});
+}
+
+/* An upstream attempt begins: its client span (sampled requests), and the traceparent of the
+ * head renewed with the attempt's span id. */
+static void trace_attempt(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    if (!r->traced)
+        return;
+    struct polis_trace_ctx ctx = r->trace;
+    polis_trace_random_id(ctx.span_id, 8);
+    if (r->sampled && r->cspan == NULL && (r->cspan = malloc(sizeof(*r->cspan))) != NULL) {
+        polis_span_start(r->cspan, &r->trace, POLIS_SPAN_CLIENT,
+                         (struct polis_str){r->span != NULL ? r->span->text : "proxy",
+                                            r->span != NULL ? r->span->name_len : 5});
+        memcpy(r->cspan->span_id, ctx.span_id, 8);
+        const struct polis_addr *a = &r->cluster->instances[r->inst].addr;
+        const char *colon = strrchr(a->text, ':');
+        size_t hostlen = colon != NULL ? (size_t)(colon - a->text) : strlen(a->text);
+        polis_span_attr_str(r->cspan, "server.address", (struct polis_str){a->text, hostlen});
+        if (colon != NULL)
+            polis_span_attr_int(r->cspan, "server.port", strtol(colon + 1, NULL, 10));
+        polis_span_attr_str(r->cspan, "polis.cluster",
+                            (struct polis_str){r->cluster->name, strlen(r->cluster->name)});
+    }
+    char tp[POLIS_TRACEPARENT_LEN + 1];
+    polis_traceparent_format(&ctx, tp);
+    memcpy(r->hbuf.data + r->hbuf.start + r->tp_off, tp, POLIS_TRACEPARENT_LEN);
+}
+
+/* The attempt ended: with the upstream's status, or with an error (status 0). */
+static void trace_attempt_end(struct gw_dconn *c, int status, const char *error)
+{
+    struct gw_req *r = &c->r;
+    if (r->cspan == NULL)
+        return;
+    if (status > 0)
+        polis_span_attr_int(r->cspan, "http.response.status_code", status);
+    if (error != NULL)
+        polis_span_attr_str(r->cspan, "error.type", (struct polis_str){error, strlen(error)});
+    polis_span_end(r->cspan, error != NULL || status >= 500 ? POLIS_SPAN_ERROR : POLIS_SPAN_UNSET);
+    polis_tracer_submit(c->wk->gw->tracer, r->cspan);
+    free(r->cspan);
+    r->cspan = NULL;
+}
+
+/* The request ended: close its spans and hand them to the exporter (it copies them). */
+static void trace_end(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    trace_attempt_end(c, r->upstream_answered ? r->status : 0,
+                      r->upstream_answered ? NULL : "aborted");
+    if (r->span == NULL)
+        return;
+    polis_span_attr_int(r->span, "http.response.status_code", r->status);
+    polis_span_end(r->span, r->status >= 500 ? POLIS_SPAN_ERROR : POLIS_SPAN_UNSET);
+    polis_tracer_submit(c->wk->gw->tracer, r->span);
+    free(r->span);
+    r->span = NULL;
 }
 
 /* Write the request head for the upstream into r->hbuf. Returns 0 or POLIS_ETOOBIG. */
@@ -651,6 +783,8 @@ static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
         if (rt != NULL && rt->request_headers.num_remove > 0 &&
             name_in(h->name, rt->request_headers.remove, rt->request_headers.num_remove))
             continue;
+        if (r->traced && h->id == POLIS_HDR_OTHER && is_name(h->name, "traceparent", 11))
+            continue; /* ours replaces it */
         append_str(b, h->name);
         APPEND_LIT(b, ": ");
         append_str(b, h->value);
@@ -690,6 +824,14 @@ static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
     APPEND_LIT(b, "X-Request-Id: ");
     polis_buf_append(b, r->request_id, r->request_id_len);
     APPEND_LIT(b, "\r\n");
+    if (r->traced) { /* the value is written per attempt by trace_attempt() */
+        APPEND_LIT(b, "traceparent: ");
+        r->tp_off = polis_buf_len(b);
+        char tp[POLIS_TRACEPARENT_LEN + 1];
+        polis_traceparent_format(&r->trace, tp);
+        polis_buf_append(b, tp, POLIS_TRACEPARENT_LEN);
+        APPEND_LIT(b, "\r\n");
+    }
     if (rt != NULL)
         append_header_ops(b, &rt->request_headers);
     int rc = APPEND_LIT(b, "\r\n");
@@ -857,6 +999,9 @@ static void req_release(struct gw_dconn *c)
         u_free(r->up);
         r->up = NULL;
     }
+    free(r->span); /* spans of a request that was never recorded: dropped */
+    free(r->cspan);
+    r->span = r->cspan = NULL;
     if (r->cluster != NULL) {
         polis__lb_done(
             r->ws->snap->lb_states[c->wk->id * r->ws->snap->cfg->num_clusters + r->cluster_idx],
@@ -959,6 +1104,8 @@ static int req_start(struct gw_dconn *c, const struct polis_h1_msg *m, size_t he
         key = polis__lb_key(r->cluster, m, (struct polis_str){c->ip, c->ip_len});
     r->inst = polis__lb_pick(s->lbs[r->cluster_idx], st, key);
 
+    if (wk->gw->tracer != NULL)
+        trace_begin(c, m, host, path);
     int rc = build_upstream_head(c, m, path, query);
     if (rc < 0) {
         const char *code, *msg;
@@ -998,6 +1145,7 @@ static int req_connect(struct gw_dconn *c, bool fresh)
     u->owner = c;
     r->up = u;
     r->hsent = 0;
+    trace_attempt(c);
     const struct gw_cluster_slots *cs = &r->ws->snap->cluster_slots[r->cluster_idx];
     polis_counter_add(c->wk->shard, u->reused ? cs->reused : cs->connections, 1);
     clock_gettime(CLOCK_MONOTONIC, &r->t_up);
@@ -1451,9 +1599,12 @@ static int recv_response(struct gw_dconn *c)
 static int upstream_failed(struct gw_dconn *c, int status, const char *why,
                            enum gw_upstream_error kind)
 {
+    static const char *const kinds[GW_UPSTREAM_ERRORS] = {"connect", "timeout", "reset",
+                                                          "invalid_response"};
     struct gw_req *r = &c->r;
     struct gw_uconn *u = r->up;
     bool stale = kind == GW_ERR_RESET && u != NULL && u->reused && !r->got_response_bytes;
+    trace_attempt_end(c, 0, kinds[kind]);
     if (r->cluster != NULL)
         polis_counter_add(c->wk->shard, r->ws->snap->cluster_slots[r->cluster_idx].errors[kind], 1);
     if (u != NULL) {

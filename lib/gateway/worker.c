@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <jansson.h>
+#include <polis/trace.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -336,6 +337,20 @@ static int num_cores(void)
     return n > 0 ? (int)n : 1;
 }
 
+static double spans_exported(void *ud)
+{
+    struct polis_tracer_stats st;
+    polis_tracer_stats(((struct polis_gateway *)ud)->tracer, &st);
+    return (double)st.exported;
+}
+
+static double spans_dropped(void *ud)
+{
+    struct polis_tracer_stats st;
+    polis_tracer_stats(((struct polis_gateway *)ud)->tracer, &st);
+    return (double)st.dropped;
+}
+
 /* /status: what an operator asks first, as JSON. */
 static void admin_status(struct polis_gateway *gw, struct polis_response *res)
 {
@@ -424,6 +439,8 @@ static void gateway_free(struct polis_gateway *gw)
     if (fd >= 0)
         close(fd);
     free(gw->alog_path);
+    if (gw->tracer != NULL) /* every worker has stopped: nobody submits any more */
+        polis_tracer_stop(gw->tracer);
     polis__gw_metrics_free(&gw->metrics); /* the workers' shards go with it */
     free(gw);
 }
@@ -454,6 +471,28 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
     rc = check_port_free(&cfg->listen);
     if (rc < 0)
         goto fail;
+    if (cfg->tracing.endpoint != NULL) {
+        struct polis_tracer_opts to = {
+            .endpoint = cfg->tracing.endpoint,
+            .service_name = cfg->tracing.service_name ? cfg->tracing.service_name : "polis-gateway",
+            .sample_ratio = cfg->tracing.sample_ratio,
+        };
+        rc = polis_tracer_start(&to, &gw->tracer);
+        if (rc < 0) {
+            polis_error("cannot start tracing to %s: %s", to.endpoint, polis_strerror(rc));
+            goto fail;
+        }
+    }
+    if (gw->tracer != NULL &&
+        (polis_metrics_gauge_fn(gw->metrics.reg, "polis_tracing_spans_exported",
+                                "Spans sent to the collector (grows only).", spans_exported,
+                                gw) < 0 ||
+         polis_metrics_gauge_fn(gw->metrics.reg, "polis_tracing_spans_dropped",
+                                "Spans dropped: queue full or collector failing (grows only).",
+                                spans_dropped, gw) < 0)) {
+        rc = POLIS_ENOMEM;
+        goto fail;
+    }
     gw->workers = calloc((size_t)n, sizeof(*gw->workers));
     if (gw->workers == NULL) {
         rc = POLIS_ENOMEM;

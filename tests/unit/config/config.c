@@ -360,7 +360,7 @@ static void test_unknown_keys(void **state)
 {
     expect_error(LISTEN "listn: \":80\"\n",
                  "t.yaml:2: unknown key 'listn'; expected one of: workers, listen, admin, "
-                 "access_log, limits, timeouts, clusters, routes");
+                 "access_log, limits, timeouts, tracing, clusters, routes");
     expect_error(LISTEN "limits:\n  max_bdy: 1\n",
                  "t.yaml:3: limits: unknown key 'max_bdy'; expected one of: max_request_line, "
                  "max_header_bytes, max_headers, max_body, max_connections");
@@ -938,6 +938,37 @@ static void test_examples(void **state)
 }
 
 /* A configuration built in code (quick mode) goes through the same checks. */
+/* tracing: endpoint (http only), service name, sample ratio in 0..1. */
+static void test_tracing(void **state)
+{
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    assert_int_equal(load(LISTEN "tracing: { endpoint: \"http://127.0.0.1:4318/v1/traces\", "
+                                 "service_name: edge, sample_ratio: 0.25 }\n",
+                          &cfg, &e),
+                     0);
+    assert_string_equal(cfg->tracing.endpoint, "http://127.0.0.1:4318/v1/traces");
+    assert_string_equal(cfg->tracing.service_name, "edge");
+    assert_true(cfg->tracing.sample_ratio == 0.25);
+    polis__config_free(cfg);
+    assert_int_equal(load(LISTEN, &cfg, &e), 0);
+    assert_null(cfg->tracing.endpoint); /* off by default */
+    assert_true(cfg->tracing.sample_ratio == 0.1);
+    polis__config_free(cfg);
+    expect_error(LISTEN "tracing: { endpoint: \"https://c:4318\" }\n",
+                 "t.yaml:2: tracing.endpoint: found 'https://c:4318'; expected an http:// URL "
+                 "like http://127.0.0.1:4318/v1/traces");
+    expect_error(LISTEN "tracing: { endpoint: \"http://c\", sample_ratio: 2 }\n",
+                 "t.yaml:2: tracing.sample_ratio: found '2'; expected a number from 0 to 1, "
+                 "like 0.1");
+    expect_error(LISTEN "tracing: { endpoint: \"http://c\", sample_ratio: half }\n",
+                 "t.yaml:2: tracing.sample_ratio: found 'half'; expected a number from 0 to 1, "
+                 "like 0.1");
+    expect_error(LISTEN "tracing: { endpont: x }\n",
+                 "t.yaml:2: tracing: unknown key 'endpont'; expected one of: endpoint, "
+                 "service_name, sample_ratio");
+}
+
 static void test_validate_in_code(void **state)
 {
     struct polis_config *cfg = calloc(1, sizeof(*cfg));
@@ -1054,6 +1085,7 @@ int main(void)
         cmocka_unit_test(test_error_cap),
         cmocka_unit_test(test_file),
         cmocka_unit_test(test_examples),
+        cmocka_unit_test(test_tracing),
         cmocka_unit_test(test_validate_in_code),
         cmocka_unit_test(test_large),
     };
