@@ -279,6 +279,11 @@ enum polis_log_level { POLIS_LOG_DEBUG, POLIS_LOG_INFO, POLIS_LOG_WARN, POLIS_LO
 POLIS_API void polis_log(enum polis_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 POLIS_API void polis_log_set_level(enum polis_log_level level);
+/* Attach a request id and a trace id to every line the calling thread logs from now on, as the
+ * fields "request_id" and "trace_id" (an empty view leaves its field out); pass two empty views
+ * to stop. The SDK server sets them around each handler, the gateway around each request's
+ * log lines. Bytes past 64 (request id) or 32 (trace id) are cut. */
+POLIS_API void polis_log_set_context(struct polis_str request_id, struct polis_str trace_id);
 /* Send the error log to fd (not closed by Polis). */
 POLIS_API void polis_log_set_fd(int fd);
 

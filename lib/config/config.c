@@ -444,6 +444,7 @@ void polis__config_free(struct polis_config *cfg)
         return;
     free(cfg->source);
     free(cfg->access_log);
+    free(cfg->error_log);
     free(cfg->tracing.endpoint);
     free(cfg->tracing.service_name);
     for (size_t i = 0; cfg->clusters && i < cfg->num_clusters; i++) {
@@ -1763,8 +1764,9 @@ static void load_route(struct ld *L, const struct node *m, size_t idx)
 /* Returns false when the document is not a mapping (nothing else is worth checking then). */
 static bool load_root(struct ld *L, const struct node *root)
 {
-    static const char *const keys[] = {"workers",  "listen",  "admin",    "access_log", "limits",
-                                       "timeouts", "tracing", "clusters", "routes",     NULL};
+    static const char *const keys[] = {"workers",   "listen", "admin",    "access_log",
+                                       "error_log", "limits", "timeouts", "tracing",
+                                       "clusters",  "routes", NULL};
     struct polis_config *cfg = L->cfg;
     int kl = 0;
     const struct node *n;
@@ -1793,6 +1795,10 @@ static bool load_root(struct ld *L, const struct node *root)
             ok = rd_str(L, n, kl, "access_log", "\"-\" (stdout), a file path or off",
                         &cfg->access_log);
         diag_where(L->d, &cfg->access_log, kl, !ok);
+    }
+    if ((n = get(root, "error_log", &kl))) {
+        bool ok = rd_str(L, n, kl, "error_log", "\"-\" (stderr) or a file path", &cfg->error_log);
+        diag_where(L->d, &cfg->error_log, kl, !ok);
     }
     if ((n = get(root, "limits", &kl)))
         load_limits(L, n, kl);

@@ -125,6 +125,7 @@ struct polis_config {
     bool has_admin;
     struct polis_addr admin; /* default 127.0.0.1:9901 */
     char *access_log;        /* NULL: off; "-": stdout; else a file path */
+    char *error_log;         /* NULL or "-": stderr; else a file path */
     struct polis_limits_cfg limits;
     struct polis_timeouts_cfg timeouts;
     struct polis_tracing_cfg tracing;

@@ -12,6 +12,23 @@ static atomic_int log_level = POLIS_LOG_INFO;
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
+/* The calling thread's request context, appended to its lines. */
+static _Thread_local char ctx_request_id[65];
+static _Thread_local char ctx_trace_id[33];
+
+void polis_log_set_context(struct polis_str request_id, struct polis_str trace_id)
+{
+    size_t n =
+        request_id.len < sizeof(ctx_request_id) - 1 ? request_id.len : sizeof(ctx_request_id) - 1;
+    if (n > 0)
+        memcpy(ctx_request_id, request_id.p, n);
+    ctx_request_id[n] = '\0';
+    n = trace_id.len < sizeof(ctx_trace_id) - 1 ? trace_id.len : sizeof(ctx_trace_id) - 1;
+    if (n > 0)
+        memcpy(ctx_trace_id, trace_id.p, n);
+    ctx_trace_id[n] = '\0';
+}
+
 void polis_log_set_level(enum polis_log_level level)
 {
     atomic_store(&log_level, (int)level);
@@ -67,9 +84,22 @@ void polis_log(enum polis_log_level level, const char *fmt, ...)
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      ts.tv_nsec / 1000000, level_names[level]);
     size_t n = (size_t)h;
-    json_escape(line, sizeof(line) - 3, &n, msg);
-    memcpy(line + n, "\"}\n", 3);
-    n += 3;
+    json_escape(line, sizeof(line) - 200, &n, msg);
+    line[n++] = '"';
+    if (ctx_request_id[0] != '\0') {
+        memcpy(line + n, ",\"request_id\":\"", 15);
+        n += 15;
+        json_escape(line, sizeof(line) - 100, &n, ctx_request_id);
+        line[n++] = '"';
+    }
+    if (ctx_trace_id[0] != '\0') {
+        memcpy(line + n, ",\"trace_id\":\"", 13);
+        n += 13;
+        json_escape(line, sizeof(line) - 4, &n, ctx_trace_id);
+        line[n++] = '"';
+    }
+    memcpy(line + n, "}\n", 2);
+    n += 2;
     ssize_t w = write(atomic_load(&log_fd), line, n);
     (void)w;
 }

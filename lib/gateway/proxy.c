@@ -469,6 +469,17 @@ static void make_request_id(struct gw_dconn *c, const struct polis_h1_msg *m)
     new_request_id(c);
 }
 
+/* The request's trace id as 32 lowercase hex digits and a NUL. */
+static void trace_id_hex(const struct gw_req *r, char out[33])
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int n = 0; n < 16; n++) {
+        out[2 * n] = hex[r->trace.trace_id[n] >> 4];
+        out[2 * n + 1] = hex[r->trace.trace_id[n] & 15];
+    }
+    out[32] = '\0';
+}
+
 static void json_str(struct polis_buf *b, struct polis_str s)
 {
     static const char hex[] = "0123456789abcdef";
@@ -530,14 +541,10 @@ static void log_end(struct gw_dconn *c, const struct timespec *now)
                      tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
                      wall.tv_nsec / 1000000, (int)r->request_id_len, r->request_id);
     if (r->traced) {
-        static const char hex[] = "0123456789abcdef";
-        char id[32];
-        for (int n = 0; n < 16; n++) {
-            id[2 * n] = hex[r->trace.trace_id[n] >> 4];
-            id[2 * n + 1] = hex[r->trace.trace_id[n] & 15];
-        }
+        char id[33];
+        trace_id_hex(r, id);
         APPEND_LIT(b, ",\"trace_id\":\"");
-        polis_buf_append(b, id, sizeof(id));
+        polis_buf_append(b, id, 32);
         APPEND_LIT(b, "\"");
     }
     if (polis_buf_len(&r->log) > 0) {
@@ -1589,6 +1596,21 @@ static int recv_response(struct gw_dconn *c)
     }
 }
 
+/* One error-log line per failed upstream attempt, with the request's ids. */
+static void log_upstream_failure(struct gw_dconn *c, const char *why)
+{
+    struct gw_req *r = &c->r;
+    char trace[33] = "";
+    if (r->traced)
+        trace_id_hex(r, trace);
+    polis_log_set_context((struct polis_str){r->request_id, r->request_id_len},
+                          (struct polis_str){trace, strlen(trace)});
+    polis_warn("%s: %s (cluster %s, client %s)",
+               r->cluster != NULL ? r->cluster->instances[r->inst].addr.text : "-", why,
+               r->cluster != NULL ? r->cluster->name : "-", c->ip);
+    polis_log_set_context((struct polis_str){NULL, 0}, (struct polis_str){NULL, 0});
+}
+
 /* The upstream failed before a response could be forwarded (counted by kind). A pooled
  * connection that the server had closed while idle (GW_ERR_RESET: EOF or reset, before any
  * response byte) is retried
@@ -1605,6 +1627,7 @@ static int upstream_failed(struct gw_dconn *c, int status, const char *why,
     struct gw_uconn *u = r->up;
     bool stale = kind == GW_ERR_RESET && u != NULL && u->reused && !r->got_response_bytes;
     trace_attempt_end(c, 0, kinds[kind]);
+    log_upstream_failure(c, why);
     if (r->cluster != NULL)
         polis_counter_add(c->wk->shard, r->ws->snap->cluster_slots[r->cluster_idx].errors[kind], 1);
     if (u != NULL) {

@@ -439,6 +439,11 @@ static void gateway_free(struct polis_gateway *gw)
     if (fd >= 0)
         close(fd);
     free(gw->alog_path);
+    if (gw->elog_fd >= 0) {
+        polis_log_set_fd(2);
+        close(gw->elog_fd);
+    }
+    free(gw->elog_path);
     if (gw->tracer != NULL) /* every worker has stopped: nobody submits any more */
         polis_tracer_stop(gw->tracer);
     polis__gw_metrics_free(&gw->metrics); /* the workers' shards go with it */
@@ -467,6 +472,17 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
     pthread_mutex_init(&gw->snap_lock, NULL);
     atomic_init(&gw->version, 1);
     atomic_init(&gw->alog_fd, open_access_log(cfg->access_log));
+    gw->elog_fd = -1;
+    if (cfg->error_log != NULL && strcmp(cfg->error_log, "-") != 0) {
+        gw->elog_fd = open(cfg->error_log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (gw->elog_fd < 0) {
+            polis_error("cannot open error log %s: %s", cfg->error_log, strerror(errno));
+            rc = POLIS_ESYS;
+            goto fail;
+        }
+        gw->elog_path = strdup(cfg->error_log);
+        polis_log_set_fd(gw->elog_fd);
+    }
     gw->alog_path = cfg->access_log != NULL ? strdup(cfg->access_log) : NULL;
     rc = check_port_free(&cfg->listen);
     if (rc < 0)
@@ -566,6 +582,13 @@ int polis__gateway_reload(struct polis_gateway *gw, struct polis_config *cfg)
 
 void polis__gateway_reopen_logs(struct polis_gateway *gw)
 {
+    if (gw->elog_path != NULL) { /* swapped under the descriptor, like the access log */
+        int fd = open(gw->elog_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            dup2(fd, gw->elog_fd);
+            close(fd);
+        }
+    }
     if (gw->alog_path == NULL || strcmp(gw->alog_path, "-") == 0)
         return;
     int fd = open_access_log(gw->alog_path);

@@ -360,7 +360,7 @@ static void test_unknown_keys(void **state)
 {
     expect_error(LISTEN "listn: \":80\"\n",
                  "t.yaml:2: unknown key 'listn'; expected one of: workers, listen, admin, "
-                 "access_log, limits, timeouts, tracing, clusters, routes");
+                 "access_log, error_log, limits, timeouts, tracing, clusters, routes");
     expect_error(LISTEN "limits:\n  max_bdy: 1\n",
                  "t.yaml:3: limits: unknown key 'max_bdy'; expected one of: max_request_line, "
                  "max_header_bytes, max_headers, max_body, max_connections");
