@@ -3,6 +3,7 @@
 #include <polis/core.h>
 #include <polis/http.h>
 #include <polis/metrics.h>
+#include <polis/trace.h>
 
 #include <getopt.h>
 #include <jansson.h>
@@ -13,6 +14,7 @@
 
 struct service {
     const char *name; /* this instance's name, in every answer */
+    const char *next; /* NULL, or the base URL of the service GET /chain calls */
 };
 
 /* Send obj (taking its reference) as the JSON body. */
@@ -155,6 +157,41 @@ static void handle_echo(const struct service *svc, const struct polis_request *r
                          (json_int_t)req->body.len, "client", json_str(req->client_addr)));
 }
 
+/* GET /chain: call GET <next>/hello/chained and wrap its answer; the last of a chain answers like
+ * /hello/chained. In a traced server, the call carries the trace on (polis_fetch does it). */
+static void handle_chain(const struct service *svc, struct polis_response *res)
+{
+    if (svc->next == NULL) {
+        handle_hello(svc, POLIS_STR("chained"), res);
+        return;
+    }
+    char url[1024];
+    int n = snprintf(url, sizeof(url), "%s/hello/chained", svc->next);
+    if (n < 0 || (size_t)n >= sizeof(url)) {
+        reply_error(res, 500, "internal_error", "--next is too long");
+        return;
+    }
+    struct polis_fetch_result r;
+    int rc = polis_fetch("GET", url, NULL, NULL, 0, 5000, &r);
+    if (rc < 0) {
+        char message[1200];
+        snprintf(message, sizeof(message), "GET %s: %s", url, polis_strerror(rc));
+        polis_warn("chain: %s", message); /* the line carries the request and trace ids */
+        reply_error(res, rc == POLIS_ETIMEDOUT ? 504 : 502,
+                    rc == POLIS_ETIMEDOUT ? "gateway_timeout" : "bad_gateway", message);
+        return;
+    }
+    /* The next answer as JSON, or as a string when it is not JSON. */
+    json_t *next = json_loadb(polis_buf_head(&r.body), polis_buf_len(&r.body), 0, NULL);
+    if (next == NULL)
+        next = json_str((struct polis_str){polis_buf_head(&r.body), polis_buf_len(&r.body)});
+    int status = r.status;
+    polis_fetch_free(&r);
+    reply_json(res, 200,
+               json_pack("{s:s, s:i, s:o}", "instance", svc->name, "next_status", status, "next",
+                         next != NULL ? next : json_null()));
+}
+
 /* The routes. Runs on a server thread; it only reads svc, so it needs no lock. */
 static void handle(const struct polis_request *req, struct polis_response *res, void *ud)
 {
@@ -185,6 +222,15 @@ static void handle(const struct polis_request *req, struct polis_response *res, 
             svc, (struct polis_str){path.p + hello_prefix.len, path.len - hello_prefix.len}, res);
         return;
     }
+    if (polis_str_eq(path, POLIS_STR("/chain"))) {
+        if (!method_is(req, "GET") && !method_is(req, "HEAD")) {
+            polis_response_header(res, "Allow", "GET, HEAD");
+            reply_error(res, 405, "method_not_allowed", "use GET");
+            return;
+        }
+        handle_chain(svc, res);
+        return;
+    }
     if (polis_str_eq(path, POLIS_STR("/echo"))) {
         if (!method_is(req, "GET") && !method_is(req, "HEAD") && !method_is(req, "POST")) {
             polis_response_header(res, "Allow", "GET, HEAD, POST");
@@ -205,9 +251,13 @@ static void handle(const struct polis_request *req, struct polis_response *res, 
 static void usage(FILE *to)
 {
     fprintf(to, "usage: polis-example-hello [--listen HOST:PORT] [--name NAME] [--threads N]\n"
-                "  --listen   address to serve on (default 127.0.0.1:9001)\n"
-                "  --name     instance name in the answers (default hello)\n"
-                "  --threads  event-loop threads (default 1)\n");
+                "                           [--next URL] [--trace-endpoint URL]\n"
+                "  --listen          address to serve on (default 127.0.0.1:9001)\n"
+                "  --name            instance name in the answers (default hello)\n"
+                "  --threads         event-loop threads (default 1)\n"
+                "  --next            base URL that GET /chain calls (http://127.0.0.1:9002)\n"
+                "  --trace-endpoint  OTLP/HTTP JSON collector to send traces to\n"
+                "                    (http://127.0.0.1:4318/v1/traces); none: no tracing\n");
 }
 
 int main(int argc, char **argv)
@@ -216,14 +266,17 @@ int main(int argc, char **argv)
         {"listen", required_argument, NULL, 'l'},
         {"name", required_argument, NULL, 'n'},
         {"threads", required_argument, NULL, 't'},
+        {"next", required_argument, NULL, 'x'},
+        {"trace-endpoint", required_argument, NULL, 'e'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *listen = "127.0.0.1:9001";
     struct service svc = {.name = "hello"};
+    const char *trace_endpoint = NULL;
     long threads = 1;
     int opt;
-    while ((opt = getopt_long(argc, argv, "l:n:t:h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "l:n:t:x:e:h", options, NULL)) != -1) {
         char *end;
         switch (opt) {
         case 'l':
@@ -231,6 +284,12 @@ int main(int argc, char **argv)
             break;
         case 'n':
             svc.name = optarg;
+            break;
+        case 'x':
+            svc.next = optarg;
+            break;
+        case 'e':
+            trace_endpoint = optarg;
             break;
         case 't':
             threads = strtol(optarg, &end, 10);
@@ -258,17 +317,36 @@ int main(int argc, char **argv)
         polis_error("hello: out of memory");
         return 1;
     }
+    /* Traces: every request continues its caller's trace (parent-based: the caller's sampling
+     * decision wins; new traces are all sampled), and GET /chain's call carries it on. */
+    struct polis_tracer *tracer = NULL;
+    if (trace_endpoint != NULL) {
+        struct polis_tracer_opts topts = {
+            .endpoint = trace_endpoint,
+            .service_name = "hello",
+            .sample_ratio = 1.0,
+        };
+        int rc = polis_tracer_start(&topts, &tracer);
+        if (rc < 0) {
+            polis_error("hello: cannot trace to %s: %s", trace_endpoint, polis_strerror(rc));
+            polis_metrics_free(metrics);
+            return rc == POLIS_EINVAL ? 2 : 1;
+        }
+    }
     struct polis_server_opts opts = {
         .listen = listen,
         .threads = (int)threads,
         .handler = handle,
         .ud = &svc,
         .metrics = metrics,
+        .tracer = tracer,
     };
     struct polis_server *srv;
     int rc = polis_server_start(&opts, &srv);
     if (rc < 0) {
         polis_error("hello: cannot serve on %s: %s", listen, polis_strerror(rc));
+        if (tracer != NULL)
+            polis_tracer_stop(tracer);
         polis_metrics_free(metrics);
         return 1;
     }
@@ -278,6 +356,8 @@ int main(int argc, char **argv)
     int sig = polis_wait_for_shutdown_signal();
     polis_info("hello: %s received, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
     polis_server_stop(srv);
+    if (tracer != NULL)
+        polis_tracer_stop(tracer); /* after the server: its last spans are exported */
     polis_metrics_free(metrics);
     polis_info("hello: stopped");
     return 0;

@@ -171,10 +171,19 @@ struct polis_server_opts {
      * (polis_server_requests_total{status_class}, polis_server_request_duration_seconds) and
      * which it renders itself for GET /metrics, before the handler sees the request. */
     struct polis_metrics *metrics;
+    /* NULL, or a tracer (polis/trace.h) that must outlive the server. Each request a handler
+     * answers then continues the trace of its `traceparent` (or starts one, sampled by the
+     * tracer's ratio), and its SERVER span ("METHOD /path", OpenTelemetry HTTP attributes,
+     * ERROR for 5xx) is submitted when the handler returns, if sampled. While the handler runs,
+     * the span's context is the thread's current one (polis_trace_current), which polis_fetch
+     * propagates. GET /metrics answered by the server itself is not traced. */
+    struct polis_tracer *tracer;
 };
 
 struct polis_server;
 struct polis_metrics;
+struct polis_tracer;
+struct polis_trace_ctx;
 
 /* Bind and listen (SO_REUSEPORT per thread) and start the threads. Returns 0 and *out, or
  * POLIS_EINVAL (bad address), POLIS_ESYS (bind failed: errno says why), POLIS_ENOMEM. */
@@ -185,8 +194,51 @@ POLIS_API int polis_server_port(const struct polis_server *s);
  * Any thread but a server thread. */
 POLIS_API void polis_server_stop(struct polis_server *s);
 
+/* The context of the span the calling thread is running: the SERVER span of the request
+ * whose handler runs on it, when its server has a tracer (flags say whether it is sampled:
+ * unsampled requests have a context too, so that the decision travels downstream). NULL
+ * otherwise. Valid until the handler returns; calling thread only. */
+POLIS_API const struct polis_trace_ctx *polis_trace_current(void);
+
 /* Block until SIGINT or SIGTERM arrives (they are blocked in the calling thread and any thread
  * it starts afterwards). Returns the signal number. Call it from main() after start. */
 POLIS_API int polis_wait_for_shutdown_signal(void);
+
+/* ---- A blocking HTTP client for services ---------------------------------------------------- */
+
+/* The answer to polis_fetch(): any status the server sent. */
+struct polis_fetch_result {
+    int status;
+    struct polis_buf body; /* the decoded body; the caller frees it with polis_fetch_free */
+};
+
+/* Send one request and wait for the answer.
+ * method: a token ("GET", "POST", ...). url: "http://host[:port][/path][?query]", host an IPv4
+ * address, a [bracketed] IPv6 address or a name (resolved with getaddrinfo, which the timeout
+ * does not bound); no userinfo, no fragment, http only. headers: NULL or a NULL-terminated
+ * array of "Name: value" strings, sent as given after Host (replaced by one given here),
+ * User-Agent (likewise), Content-Length and trace headers; Content-Length, Transfer-Encoding
+ * and invalid fields are rejected. body: body_len bytes (NULL when body_len is 0); a
+ * Content-Length is sent when there is a body or the method is POST, PUT or PATCH.
+ * timeout_ms bounds the whole exchange (connect, send, answer); 0: 10 s.
+ * Any thread; blocks it. Each thread keeps one idle keep-alive connection per host:port (a few
+ * hosts, the least recently used closed first; closed when the thread exits) and checks it
+ * before reuse; a kept connection that fails before any byte of the answer is closed and the
+ * request retried once on a new one, for idempotent methods only (GET, HEAD, OPTIONS, TRACE,
+ * PUT, DELETE). Interim 1xx answers are skipped. The body (at most 16 MiB) is decoded from
+ * Content-Length, chunked or close-delimited framing with the polis_h1 parser.
+ * Tracing: when the calling thread runs a traced request (polis_trace_current() is not NULL), a
+ * CLIENT span child of it is made and sent as `traceparent` (with the incoming `tracestate`);
+ * it is submitted to the server's tracer if sampled. A traceparent among headers is sent as is.
+ * Returns 0 and *out (any status; the caller owns out->body), or POLIS_EINVAL (bad method, url
+ * or header), POLIS_ENOTFOUND (the name does not resolve), POLIS_ESYS (connect or I/O error:
+ * errno says why), POLIS_ETIMEDOUT, POLIS_EBADMSG (invalid answer, or closed before a complete
+ * one), POLIS_ETOOBIG (answer head or body over its limit), POLIS_ENOMEM. On failure *out
+ * holds nothing to free. */
+POLIS_API int polis_fetch(const char *method, const char *url, const char *const *headers,
+                          const void *body, size_t body_len, uint64_t timeout_ms,
+                          struct polis_fetch_result *out);
+/* Free the body of a result (harmless on a zeroed or already freed one). */
+POLIS_API void polis_fetch_free(struct polis_fetch_result *r);
 
 #endif

@@ -1,7 +1,10 @@
 /* server.c: the SDK's HTTP server for services: threads with their own loops and listeners,
- * keep-alive and pipelining, handlers as plain functions, metrics when asked. */
+ * keep-alive and pipelining, handlers as plain functions, metrics and traces when asked. */
 #include <polis/http.h>
 #include <polis/metrics.h>
+#include <polis/trace.h>
+
+#include "sdk/sdk-internal.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -115,6 +118,8 @@ struct server_thread {
     size_t nready;
     struct polis_response res;         /* one handler runs at a time per thread: reused */
     struct polis_metrics_shard *shard; /* when the server counts requests */
+    struct polis_span span;            /* the running handler's span, when tracing */
+    char tracestate[512];              /* several tracestate fields joined */
 };
 
 struct polis_server {
@@ -134,6 +139,7 @@ struct polis_server {
     int setup_err;
     struct server_thread *threads;
     struct polis_metrics *metrics; /* NULL: no metrics */
+    struct polis_tracer *tracer;   /* NULL: no traces */
     struct polis_metric *m_duration;
     uint32_t m_requests[6]; /* by status class: 1xx..5xx, other */
     uint32_t m_duration_slot;
@@ -473,6 +479,164 @@ static int server_metrics(struct polis_server *s, struct polis_metrics *m)
     return 0;
 }
 
+/* ---- Traces -------------------------------------------------------------------------------- */
+
+/* Set while a handler of a traced server runs on this thread (see sdk-internal.h). */
+static _Thread_local struct polis__trace_state tl_trace;
+
+struct polis__trace_state *polis__trace_state(void)
+{
+    return &tl_trace;
+}
+
+const struct polis_trace_ctx *polis_trace_current(void)
+{
+    return tl_trace.tracer != NULL ? &tl_trace.ctx : NULL;
+}
+
+/* The incoming context: one valid traceparent field (several make it invalid, as W3C Trace
+ * Context says). Its tracestate fields, joined, go to th->tracestate. */
+static bool trace_incoming(struct server_thread *th, const struct polis_request *req,
+                           struct polis_trace_ctx *parent, struct polis_str *tracestate)
+{
+    const struct polis_str *tp = NULL;
+    size_t state_len = 0;
+    bool state_ok = true;
+    *tracestate = (struct polis_str){th->tracestate, 0};
+    for (size_t i = 0; i < req->num_headers; i++) {
+        const struct polis_h1_header *h = &req->headers[i];
+        if (polis_str_caseeq(h->name, POLIS_STR("traceparent"))) {
+            if (tp != NULL)
+                return false;
+            tp = &h->value;
+        } else if (polis_str_caseeq(h->name, POLIS_STR("tracestate")) && h->value.len > 0) {
+            /* Too long once joined: dropped whole rather than cut in the middle of a member. */
+            size_t need = h->value.len + (state_len > 0 ? 1 : 0);
+            if (!state_ok || state_len + need > sizeof(th->tracestate)) {
+                state_ok = false;
+                continue;
+            }
+            if (state_len > 0)
+                th->tracestate[state_len++] = ',';
+            memcpy(th->tracestate + state_len, h->value.p, h->value.len);
+            state_len += h->value.len;
+        }
+    }
+    if (tp == NULL || polis_traceparent_parse(*tp, parent) < 0)
+        return false;
+    if (state_ok)
+        tracestate->len = state_len;
+    return true;
+}
+
+/* OpenTelemetry's http.request.method: a known method, or "_OTHER" (the method then goes to
+ * http.request.method_original), so that the attribute keeps a small set of values. */
+static bool method_known(struct polis_str m)
+{
+    static const char *const known[] = {"GET",     "HEAD",    "POST",  "PUT",  "DELETE",
+                                        "CONNECT", "OPTIONS", "TRACE", "PATCH"};
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++)
+        if (polis_str_eq(m, (struct polis_str){known[i], strlen(known[i])}))
+            return true;
+    return false;
+}
+
+/* Split "host:port", "[v6]:port" or "host" (an address field) into its parts; port -1 when
+ * absent or invalid. */
+static void split_hostport(struct polis_str hp, struct polis_str *host, int64_t *port)
+{
+    const char *p = hp.p, *end = hp.p + hp.len;
+    const char *colon = NULL;
+    *port = -1;
+    if (hp.len > 0 && p[0] == '[') {
+        const char *close = memchr(p, ']', hp.len);
+        if (close == NULL) {
+            *host = hp;
+            return;
+        }
+        *host = (struct polis_str){p + 1, (size_t)(close - p - 1)};
+        if (close + 1 < end && close[1] == ':')
+            colon = close + 1;
+    } else {
+        colon = memrchr(p, ':', hp.len);
+        *host = (struct polis_str){p, colon != NULL ? (size_t)(colon - p) : hp.len};
+    }
+    if (colon == NULL || colon + 1 == end || end - colon > 6)
+        return;
+    int64_t v = 0;
+    for (const char *q = colon + 1; q < end; q++) {
+        if (*q < '0' || *q > '9')
+            return;
+        v = v * 10 + (*q - '0');
+    }
+    if (v <= 65535)
+        *port = v;
+}
+
+/* Start the request's SERVER span in th->span and make its context the thread's current one.
+ * Returns whether the trace is sampled: then the span is filled in and trace_end submits it. */
+static bool trace_begin(struct conn *c, const struct polis_request *req)
+{
+    struct server_thread *th = c->th;
+    struct polis_tracer *tracer = th->srv->tracer;
+    struct polis_span *span = &th->span;
+    struct polis_trace_ctx parent;
+    struct polis_str tracestate;
+    bool has_parent = trace_incoming(th, req, &parent, &tracestate);
+
+    char name[256];
+    int n = snprintf(name, sizeof(name), "%.*s %.*s", (int)req->method.len, req->method.p,
+                     (int)req->path.len, req->path.p);
+    size_t name_len = n < 0 ? 0 : (size_t)n < sizeof(name) ? (size_t)n : sizeof(name) - 1;
+    polis_span_start(span, has_parent ? &parent : NULL, POLIS_SPAN_SERVER,
+                     (struct polis_str){name, name_len});
+    bool sampled = polis_tracer_sampled(tracer, has_parent ? &parent : NULL, span->trace_id);
+    tl_trace.tracer = tracer;
+    polis_span_context(span, sampled, &tl_trace.ctx);
+    tl_trace.tracestate = has_parent ? tracestate : (struct polis_str){NULL, 0};
+    if (!sampled)
+        return false;
+
+    bool known = method_known(req->method);
+    polis_span_attr_str(span, "http.request.method", known ? req->method : POLIS_STR("_OTHER"));
+    if (!known)
+        polis_span_attr_str(span, "http.request.method_original", req->method);
+    polis_span_attr_str(span, "url.scheme", POLIS_STR("http"));
+    polis_span_attr_str(span, "network.protocol.version",
+                        c->msg.minor_version == 0 ? POLIS_STR("1.0") : POLIS_STR("1.1"));
+    struct polis_str host;
+    int64_t port;
+    const struct polis_str *h = polis_request_header(req, "Host");
+    if (h != NULL && h->len > 0) {
+        split_hostport(*h, &host, &port);
+        polis_span_attr_str(span, "server.address", host);
+        if (port >= 0)
+            polis_span_attr_int(span, "server.port", port);
+    }
+    split_hostport(req->client_addr, &host, &port);
+    polis_span_attr_str(span, "client.address", host);
+    if (port >= 0)
+        polis_span_attr_int(span, "client.port", port);
+    h = polis_request_header(req, "User-Agent");
+    if (h != NULL)
+        polis_span_attr_str(span, "user_agent.original", *h);
+    /* Last: a long path fills the span's text, and later string attributes would be lost. */
+    polis_span_attr_str(span, "url.path", req->path);
+    return true;
+}
+
+/* The handler returned: clear the thread's context; finish and submit a sampled span. */
+static void trace_end(struct server_thread *th, bool sampled, int status)
+{
+    tl_trace.tracer = NULL;
+    tl_trace.tracestate = (struct polis_str){NULL, 0};
+    if (!sampled)
+        return;
+    polis_span_attr_int(&th->span, "http.response.status_code", status);
+    polis_span_end(&th->span, status >= 500 ? POLIS_SPAN_ERROR : POLIS_SPAN_UNSET);
+    polis_tracer_submit(th->srv->tracer, &th->span);
+}
+
 /* The request (head and body) is complete at the front of the input: run the handler.
  * msg_len: the request's bytes to drop afterwards; body: offset and length in the input. */
 static void conn_dispatch(struct conn *c, size_t msg_len, size_t body_off, size_t body_len)
@@ -505,25 +669,39 @@ static void conn_dispatch(struct conn *c, size_t msg_len, size_t body_off, size_
     struct polis_response *res = &th->res;
     response_reset(res);
     res->open = true;
-    struct timespec t0, t1;
+    struct timespec t0 = {0}, t1 = {0};
     if (s->metrics != NULL && polis_str_eq(req.path, POLIS_STR("/metrics")) &&
         (polis_str_eq(req.method, POLIS_STR("GET")) ||
          polis_str_eq(req.method, POLIS_STR("HEAD")))) {
         polis_response_header(res, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
         if (polis_metrics_render(s->metrics, &res->body) < 0)
             res->failed = true;
-    } else if (s->metrics != NULL) {
-        clock_gettime(CLOCK_MONOTONIC, &t0);
-        s->handler(&req, res, s->ud);
-        clock_gettime(CLOCK_MONOTONIC, &t1);
-        int status = res->status;
-        int cls = status >= 100 && status < 600 ? status / 100 - 1 : 5;
-        polis_counter_add(th->shard, s->m_requests[cls], 1);
-        polis_histogram_observe(th->shard, s->m_duration, s->m_duration_slot,
-                                (double)(t1.tv_sec - t0.tv_sec) +
-                                    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
     } else {
+        bool sampled = s->tracer != NULL && trace_begin(c, &req);
+        /* The handler's log lines carry the request's id and trace id. */
+        char tp[POLIS_TRACEPARENT_LEN + 1] = "";
+        const struct polis_trace_ctx *cur = polis_trace_current();
+        if (cur != NULL)
+            polis_traceparent_format(cur, tp);
+        int ri = c->msg.hdr_index[POLIS_HDR_X_REQUEST_ID];
+        polis_log_set_context(ri >= 0 ? c->msg.headers[ri].value : (struct polis_str){NULL, 0},
+                              cur != NULL ? (struct polis_str){tp + 3, 32}
+                                          : (struct polis_str){NULL, 0});
+        if (s->metrics != NULL)
+            clock_gettime(CLOCK_MONOTONIC, &t0);
         s->handler(&req, res, s->ud);
+        polis_log_set_context((struct polis_str){NULL, 0}, (struct polis_str){NULL, 0});
+        if (s->metrics != NULL) {
+            clock_gettime(CLOCK_MONOTONIC, &t1);
+            int status = res->status;
+            int cls = status >= 100 && status < 600 ? status / 100 - 1 : 5;
+            polis_counter_add(th->shard, s->m_requests[cls], 1);
+            polis_histogram_observe(th->shard, s->m_duration, s->m_duration_slot,
+                                    (double)(t1.tv_sec - t0.tv_sec) +
+                                        (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+        }
+        if (s->tracer != NULL)
+            trace_end(th, sampled, res->failed ? 500 : res->status); /* failed: a 500 goes */
     }
     res->open = false;
 
@@ -1143,6 +1321,7 @@ int polis_server_start(const struct polis_server_opts *opts, struct polis_server
     }
     s->handler = opts->handler;
     s->ud = opts->ud;
+    s->tracer = opts->tracer;
     if (opts->metrics != NULL && server_metrics(s, opts->metrics) < 0) {
         free(s->threads);
         free(s);
