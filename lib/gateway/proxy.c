@@ -72,7 +72,9 @@ struct gw_req {
     bool traced, sampled;
     struct polis_trace_ctx trace; /* span_id: this request's server span */
     struct polis_span *span, *cspan;
-    size_t tp_off;          /* where the traceparent value sits in hbuf, to renew it on a retry */
+    size_t tp_off;   /* where the traceparent value sits in hbuf, to renew it on a retry */
+    char method[16]; /* for client spans: the head is gone by then (cut at 16 bytes) */
+    uint8_t method_len;
     bool upstream_answered; /* the status comes from the upstream */
     char request_id[72];
     uint8_t request_id_len;
@@ -472,11 +474,9 @@ static void make_request_id(struct gw_dconn *c, const struct polis_h1_msg *m)
 /* The request's trace id as 32 lowercase hex digits and a NUL. */
 static void trace_id_hex(const struct gw_req *r, char out[33])
 {
-    static const char hex[] = "0123456789abcdef";
-    for (int n = 0; n < 16; n++) {
-        out[2 * n] = hex[r->trace.trace_id[n] >> 4];
-        out[2 * n + 1] = hex[r->trace.trace_id[n] & 15];
-    }
+    char tp[POLIS_TRACEPARENT_LEN + 1]; /* "00-<trace id>-..." */
+    polis_traceparent_format(&r->trace, tp);
+    memcpy(out, tp + 3, 32);
     out[32] = '\0';
 }
 
@@ -641,11 +641,17 @@ static void trace_begin(struct gw_dconn *c, const struct polis_h1_msg *m, struct
     struct polis_tracer *t = c->wk->gw->tracer;
     struct polis_trace_ctx parent;
     bool has_parent = false;
-    for (size_t i = 0; i < m->num_headers && !has_parent; i++) {
-        if (is_name(m->headers[i].name, "traceparent", 11))
+    int seen = 0;
+    for (size_t i = 0; i < m->num_headers; i++) {
+        if (is_name(m->headers[i].name, "traceparent", 11) && seen++ == 0)
             has_parent = polis_traceparent_parse(m->headers[i].value, &parent) == 0;
     }
+    if (seen > 1) /* W3C: several traceparent headers make the context invalid */
+        has_parent = false;
     r->traced = true;
+    r->method_len =
+        (uint8_t)(m->method.len < sizeof(r->method) ? m->method.len : sizeof(r->method));
+    memcpy(r->method, m->method.p, r->method_len);
     if (has_parent)
         memcpy(r->trace.trace_id, parent.trace_id, 16);
     else
@@ -667,7 +673,17 @@ static void trace_begin(struct gw_dconn *c, const struct polis_h1_msg *m, struct
     polis_span_attr_str(r->span, "http.request.method", m->method);
     polis_span_attr_str(r->span, "url.path", path);
     polis_span_attr_str(r->span, "url.scheme", POLIS_STR("http"));
-    polis_span_attr_str(r->span, "server.address", host);
+    struct polis_str hostname = host;
+    const char *colon =
+        host.len > 0 && host.p[host.len - 1] != ']' ? memrchr(host.p, ':', host.len) : NULL;
+    if (colon != NULL && memchr(host.p, ']', host.len) == NULL &&
+        memchr(host.p, ':', (size_t)(colon - host.p)) != NULL)
+        colon = NULL; /* a bare IPv6 address, no port */
+    if (colon != NULL) {
+        hostname.len = (size_t)(colon - host.p);
+        polis_span_attr_int(r->span, "server.port", strtol(colon + 1, NULL, 10));
+    }
+    polis_span_attr_str(r->span, "server.address", hostname);
     polis_span_attr_str(r->span, "client.address", (struct polis_str){c->ip, c->ip_len});
     polis_span_attr_str(r->span, "network.protocol.version",
                         m->minor_version == 0 ? POLIS_STR("1.0") : POLIS_STR("1.1"));
@@ -698,6 +714,8 @@ static void trace_attempt(struct gw_dconn *c)
             polis_span_attr_int(r->cspan, "server.port", strtol(colon + 1, NULL, 10));
         polis_span_attr_str(r->cspan, "polis.cluster",
                             (struct polis_str){r->cluster->name, strlen(r->cluster->name)});
+        polis_span_attr_str(r->cspan, "http.request.method",
+                            (struct polis_str){r->method, r->method_len});
     }
     char tp[POLIS_TRACEPARENT_LEN + 1];
     polis_traceparent_format(&ctx, tp);
@@ -714,7 +732,8 @@ static void trace_attempt_end(struct gw_dconn *c, int status, const char *error)
         polis_span_attr_int(r->cspan, "http.response.status_code", status);
     if (error != NULL)
         polis_span_attr_str(r->cspan, "error.type", (struct polis_str){error, strlen(error)});
-    polis_span_end(r->cspan, error != NULL || status >= 500 ? POLIS_SPAN_ERROR : POLIS_SPAN_UNSET);
+    /* OpenTelemetry: a client span is an error from 4xx on, a server span from 5xx on. */
+    polis_span_end(r->cspan, error != NULL || status >= 400 ? POLIS_SPAN_ERROR : POLIS_SPAN_UNSET);
     polis_tracer_submit(c->wk->gw->tracer, r->cspan);
     free(r->cspan);
     r->cspan = NULL;
