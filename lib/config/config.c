@@ -408,6 +408,7 @@ void polis__config_defaults(struct polis_config *cfg)
     cfg->limits.max_body = 64ull * 1024 * 1024;
     cfg->limits.max_connections = 100000;
     cfg->tracing.sample_ratio = 0.1;
+    cfg->access_log_fields = (1u << POLIS_ALOG__COUNT) - 1;
     cfg->timeouts.header_read_ms = 10000;
     cfg->timeouts.body_read_ms = 30000;
     cfg->timeouts.idle_ms = 60000;
@@ -1412,6 +1413,54 @@ static void load_timeouts(struct ld *L, const struct node *m, int line)
     NUM_FIELD(L, m, "timeouts", "drain", UNIT_MS, 0, MAX_MS, t->drain_ms);
 }
 
+const char *const polis__alog_field_names[POLIS_ALOG__COUNT] = {"ts",
+                                                                "request_id",
+                                                                "trace_id",
+                                                                "client",
+                                                                "method",
+                                                                "path",
+                                                                "host",
+                                                                "status",
+                                                                "bytes_received",
+                                                                "bytes_sent",
+                                                                "duration_ms",
+                                                                "upstream",
+                                                                "upstream_connect_ms",
+                                                                "upstream_ms",
+                                                                "attempts",
+                                                                "route",
+                                                                "cluster"};
+
+static void load_alog_fields(struct ld *L, const struct node *n, int line)
+{
+    char names[400];
+    size_t o = 0;
+    for (int f = 0; f < POLIS_ALOG__COUNT && o < sizeof(names); f++)
+        o += (size_t)snprintf(names + o, sizeof(names) - o, "%s%s", f ? ", " : "",
+                              polis__alog_field_names[f]);
+    if (n->type != N_SEQ || n->n == 0) {
+        wrong(L, n, line, "access_log_fields", "a list of field names");
+        return;
+    }
+    uint32_t mask = 0;
+    for (size_t i = 0; i < n->n; i++) {
+        const struct node *k = &n->kids[i];
+        int f = 0;
+        while (f < POLIS_ALOG__COUNT &&
+               !(k->type == N_SCALAR && scalar_eq(k, polis__alog_field_names[f])))
+            f++;
+        if (f == POLIS_ALOG__COUNT) {
+            char path[48], expected[460];
+            snprintf(path, sizeof(path), "access_log_fields[%zu]", i);
+            snprintf(expected, sizeof(expected), "one of: %s", names);
+            wrong(L, k, k->line, path, expected);
+            continue;
+        }
+        mask |= 1u << f;
+    }
+    L->cfg->access_log_fields = mask;
+}
+
 static void load_tracing(struct ld *L, const struct node *m, int line)
 {
     static const char *const keys[] = {"endpoint", "service_name", "sample_ratio", NULL};
@@ -1764,9 +1813,9 @@ static void load_route(struct ld *L, const struct node *m, size_t idx)
 /* Returns false when the document is not a mapping (nothing else is worth checking then). */
 static bool load_root(struct ld *L, const struct node *root)
 {
-    static const char *const keys[] = {"workers",   "listen", "admin",    "access_log",
-                                       "error_log", "limits", "timeouts", "tracing",
-                                       "clusters",  "routes", NULL};
+    static const char *const keys[] = {"workers",           "listen",    "admin",  "access_log",
+                                       "access_log_fields", "error_log", "limits", "timeouts",
+                                       "tracing",           "clusters",  "routes", NULL};
     struct polis_config *cfg = L->cfg;
     int kl = 0;
     const struct node *n;
@@ -1796,6 +1845,8 @@ static bool load_root(struct ld *L, const struct node *root)
                         &cfg->access_log);
         diag_where(L->d, &cfg->access_log, kl, !ok);
     }
+    if ((n = get(root, "access_log_fields", &kl)))
+        load_alog_fields(L, n, kl);
     if ((n = get(root, "error_log", &kl))) {
         bool ok = rd_str(L, n, kl, "error_log", "\"-\" (stderr) or a file path", &cfg->error_log);
         diag_where(L->d, &cfg->error_log, kl, !ok);

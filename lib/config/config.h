@@ -123,9 +123,10 @@ struct polis_config {
     int workers;  /* 0: number of cores */
     struct polis_addr listen;
     bool has_admin;
-    struct polis_addr admin; /* default 127.0.0.1:9901 */
-    char *access_log;        /* NULL: off; "-": stdout; else a file path */
-    char *error_log;         /* NULL or "-": stderr; else a file path */
+    struct polis_addr admin;    /* default 127.0.0.1:9901 */
+    char *access_log;           /* NULL: off; "-": stdout; else a file path */
+    char *error_log;            /* NULL or "-": stderr; else a file path */
+    uint32_t access_log_fields; /* bit (1 << POLIS_ALOG_*) per field logged */
     struct polis_limits_cfg limits;
     struct polis_timeouts_cfg timeouts;
     struct polis_tracing_cfg tracing;
@@ -134,6 +135,30 @@ struct polis_config {
     struct polis_route_cfg *routes;
     size_t num_routes;
 };
+
+/* The access log's fields, in the order they are written. */
+enum polis_alog_field {
+    POLIS_ALOG_TS,
+    POLIS_ALOG_REQUEST_ID,
+    POLIS_ALOG_TRACE_ID,
+    POLIS_ALOG_CLIENT,
+    POLIS_ALOG_METHOD,
+    POLIS_ALOG_PATH,
+    POLIS_ALOG_HOST,
+    POLIS_ALOG_STATUS,
+    POLIS_ALOG_BYTES_RECEIVED,
+    POLIS_ALOG_BYTES_SENT,
+    POLIS_ALOG_DURATION_MS,
+    POLIS_ALOG_UPSTREAM,
+    POLIS_ALOG_UPSTREAM_CONNECT_MS,
+    POLIS_ALOG_UPSTREAM_MS,
+    POLIS_ALOG_ATTEMPTS,
+    POLIS_ALOG_ROUTE,
+    POLIS_ALOG_CLUSTER,
+    POLIS_ALOG__COUNT
+};
+/* Their names in the configuration and in the log lines, indexed by enum polis_alog_field. */
+extern const char *const polis__alog_field_names[POLIS_ALOG__COUNT];
 
 /* Errors found while loading, each "file:line: what was found, what was expected". */
 struct polis_config_errors {

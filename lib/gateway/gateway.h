@@ -50,7 +50,7 @@ struct gw_metrics {
     struct polis_metrics *reg;
     struct polis_metric *requests, *duration, *bytes_in, *bytes_out;
     struct polis_metric *upstream_duration, *upstream_errors, *upstream_conns, *upstream_reused;
-    struct polis_metric *conns_active, *conns_total;
+    struct polis_metric *conns_active, *conns_total, *upstream_idle;
     uint32_t conns_active_slot, conns_total_slot;
     struct polis_metrics_shard *main_shard; /* the main thread's (build info) */
 };
@@ -75,6 +75,7 @@ struct gw_pool {
     struct polis_addr addr;
     struct gw_uconn *idle; /* most recently used first */
     size_t num_idle;
+    uint32_t idle_slot;   /* gauge polis_upstream_idle_connections{instance} */
     struct gw_pool *next; /* in the worker's list */
 };
 

@@ -96,6 +96,11 @@ int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw)
     gm->upstream_reused = polis_metrics_family(
         m, POLIS_METRIC_COUNTER, "polis_upstream_connections_reused_total",
         "Requests sent on a kept-alive upstream connection.", cluster_only, NULL, 0);
+    static const char *const instance_only[] = {"instance", NULL};
+    gm->upstream_idle = polis_metrics_family(
+        m, POLIS_METRIC_GAUGE, "polis_upstream_idle_connections",
+        "Kept-alive upstream connections waiting for a request, by instance address.",
+        instance_only, NULL, 0);
     gm->conns_active = polis_metrics_family(m, POLIS_METRIC_GAUGE, "polis_connections_active",
                                             "Client connections open now.", NULL, NULL, 0);
     gm->conns_total = polis_metrics_family(m, POLIS_METRIC_COUNTER, "polis_connections_total",
@@ -106,7 +111,7 @@ int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw)
     if (gm->requests == NULL || gm->duration == NULL || gm->bytes_in == NULL ||
         gm->bytes_out == NULL || gm->upstream_duration == NULL || gm->upstream_errors == NULL ||
         gm->upstream_conns == NULL || gm->upstream_reused == NULL || gm->conns_active == NULL ||
-        gm->conns_total == NULL || build == NULL)
+        gm->conns_total == NULL || gm->upstream_idle == NULL || build == NULL)
         goto fail;
     uint32_t build_slot;
     const char *const version[] = {POLIS_VERSION, NULL};

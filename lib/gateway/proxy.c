@@ -66,7 +66,9 @@ struct gw_req {
     int status;
     int attempts;
     uint64_t bytes_in, bytes_out;
-    struct timespec t0, t_up; /* head parsed; upstream connection taken */
+    struct timespec t0, t_up;  /* head parsed; upstream connection taken */
+    const char *upstream_addr; /* the instance of the last attempt (for the log) */
+    uint32_t connect_us;       /* how long its connection took to open (0: reused) */
     /* Tracing (when the gateway has a tracer): the context sent upstream, and the spans of a
      * sampled request, allocated only then so that connections stay small. */
     bool traced, sampled;
@@ -131,6 +133,7 @@ static void pool_unlink(struct gw_uconn *u)
     if (*pp == u) {
         *pp = u->next;
         u->pool->num_idle--;
+        polis_gauge_add(u->wk->shard, u->pool->idle_slot, -1);
     }
     u->next = NULL;
 }
@@ -154,6 +157,7 @@ static struct gw_uconn *pool_take(struct gw_pool *p, uint64_t now)
             return NULL;
         p->idle = u->next;
         p->num_idle--;
+        polis_gauge_add(u->wk->shard, p->idle_slot, -1);
         u->next = NULL;
         if (u->io.fd >= 0 && now - u->idle_since >= 1000) {
             char byte;
@@ -182,6 +186,7 @@ static void pool_put(struct gw_uconn *u, uint32_t keepalive, uint64_t idle_ms)
     u->idle_since = polis_loop_now(u->wk->loop);
     p->idle = u;
     p->num_idle++;
+    polis_gauge_add(u->wk->shard, p->idle_slot, 1);
     polis_timer_arm(u->wk->loop, &u->timer, idle_ms);
 }
 
@@ -192,6 +197,7 @@ void polis__pools_close_all(struct gw_worker *wk)
             struct gw_uconn *u = p->idle;
             p->idle = u->next;
             p->num_idle--;
+            polis_gauge_add(wk->shard, p->idle_slot, -1);
             u_free(u);
         }
     }
@@ -510,61 +516,103 @@ static bool alog_on(const struct gw_worker *wk)
     return atomic_load_explicit(&wk->gw->alog_fd, memory_order_relaxed) >= 0;
 }
 
+#define ALOG_ON(mask, f) ((mask) & (1u << POLIS_ALOG_##f))
+
+/* Append ',"name":' for field f. */
+static void alog_key(struct polis_buf *b, enum polis_alog_field f)
+{
+    const char *name = polis__alog_field_names[f];
+    APPEND_LIT(b, ",\"");
+    polis_buf_append(b, name, strlen(name));
+    APPEND_LIT(b, "\":");
+}
+
+static void alog_str(struct polis_buf *b, uint32_t mask, enum polis_alog_field f,
+                     struct polis_str v)
+{
+    if (mask & (1u << f)) {
+        alog_key(b, f);
+        json_str(b, v);
+    }
+}
+
+static void alog_num(struct polis_buf *b, uint32_t mask, enum polis_alog_field f, const char *fmt,
+                     double v)
+{
+    if (mask & (1u << f)) {
+        alog_key(b, f);
+        polis_buf_printf(b, fmt, v);
+    }
+}
+
+/* The fields known when the head is parsed, kept until the request ends (the head's bytes do
+ * not live that long). */
 static void log_begin(struct gw_dconn *c, const struct polis_h1_msg *m)
 {
     struct gw_req *r = &c->r;
+    uint32_t mask = r->ws->snap->cfg->access_log_fields;
     struct polis_buf *b = &r->log;
     b->start = b->end = 0;
-    polis_buf_append(b, ",\"client\":", 10);
-    json_str(b, (struct polis_str){c->ip, c->ip_len});
-    polis_buf_append(b, ",\"method\":", 10);
-    json_str(b, m->method);
-    polis_buf_append(b, ",\"path\":", 8);
-    json_str(b, m->target);
-    polis_buf_append(b, ",\"host\":", 8);
     int h = m->hdr_index[POLIS_HDR_HOST];
-    json_str(b, h >= 0 ? m->headers[h].value : (struct polis_str){"", 0});
+    alog_str(b, mask, POLIS_ALOG_METHOD, m->method);
+    alog_str(b, mask, POLIS_ALOG_PATH, m->target);
+    alog_str(b, mask, POLIS_ALOG_HOST, h >= 0 ? m->headers[h].value : (struct polis_str){"", 0});
 }
 
+static double ms_between(const struct timespec *a, const struct timespec *b)
+{
+    return (double)(b->tv_sec - a->tv_sec) * 1e3 + (double)(b->tv_nsec - a->tv_nsec) / 1e6;
+}
+
+/* One JSON line with the fields access_log_fields selects, in their documented order. */
 static void log_end(struct gw_dconn *c, const struct timespec *now)
 {
     struct gw_worker *wk = c->wk;
     struct gw_req *r = &c->r;
-    struct timespec wall;
-    clock_gettime(CLOCK_REALTIME, &wall);
-    double ms =
-        (double)(now->tv_sec - r->t0.tv_sec) * 1e3 + (double)(now->tv_nsec - r->t0.tv_nsec) / 1e6;
-    struct tm tm;
-    gmtime_r(&wall.tv_sec, &tm);
+    uint32_t mask = r->ws->snap->cfg->access_log_fields;
     struct polis_buf *b = &wk->alog;
-    polis_buf_printf(b, "{\"ts\":\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\",\"request_id\":\"%.*s\"",
-                     tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                     wall.tv_nsec / 1000000, (int)r->request_id_len, r->request_id);
-    if (r->traced) {
+    size_t start = b->end;
+    if (ALOG_ON(mask, TS)) {
+        struct timespec wall;
+        struct tm tm;
+        clock_gettime(CLOCK_REALTIME, &wall);
+        gmtime_r(&wall.tv_sec, &tm);
+        alog_key(b, POLIS_ALOG_TS);
+        polis_buf_printf(b, "\"%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ\"", tm.tm_year + 1900,
+                         tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                         wall.tv_nsec / 1000000);
+    }
+    alog_str(b, mask, POLIS_ALOG_REQUEST_ID, (struct polis_str){r->request_id, r->request_id_len});
+    if (r->traced && ALOG_ON(mask, TRACE_ID)) {
         char id[33];
         trace_id_hex(r, id);
-        APPEND_LIT(b, ",\"trace_id\":\"");
-        polis_buf_append(b, id, 32);
-        APPEND_LIT(b, "\"");
+        alog_str(b, mask, POLIS_ALOG_TRACE_ID, (struct polis_str){id, 32});
     }
+    alog_str(b, mask, POLIS_ALOG_CLIENT, (struct polis_str){c->ip, c->ip_len});
     if (polis_buf_len(&r->log) > 0) {
         polis_buf_append(b, polis_buf_head(&r->log), polis_buf_len(&r->log));
     } else { /* the head never parsed (400, 408, 431...) */
-        polis_buf_append(b, ",\"client\":", 10);
-        json_str(b, (struct polis_str){c->ip, c->ip_len});
-        APPEND_LIT(b, ",\"method\":\"\",\"path\":\"\",\"host\":\"\"");
+        alog_str(b, mask, POLIS_ALOG_METHOD, POLIS_STR(""));
+        alog_str(b, mask, POLIS_ALOG_PATH, POLIS_STR(""));
+        alog_str(b, mask, POLIS_ALOG_HOST, POLIS_STR(""));
     }
-    polis_buf_printf(b,
-                     ",\"status\":%d,\"bytes_received\":%llu,\"bytes_sent\":%llu,"
-                     "\"duration_ms\":%.3f,\"upstream\":\"%s\",\"route\":",
-                     r->status, (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out,
-                     ms, r->up != NULL ? r->up->pool->addr.text : "");
+    alog_num(b, mask, POLIS_ALOG_STATUS, "%.0f", r->status);
+    alog_num(b, mask, POLIS_ALOG_BYTES_RECEIVED, "%.0f", (double)r->bytes_in);
+    alog_num(b, mask, POLIS_ALOG_BYTES_SENT, "%.0f", (double)r->bytes_out);
+    alog_num(b, mask, POLIS_ALOG_DURATION_MS, "%.3f", ms_between(&r->t0, now));
+    const char *up = r->upstream_addr != NULL ? r->upstream_addr : "";
+    alog_str(b, mask, POLIS_ALOG_UPSTREAM, (struct polis_str){up, strlen(up)});
+    alog_num(b, mask, POLIS_ALOG_UPSTREAM_CONNECT_MS, "%.3f", (double)r->connect_us / 1e3);
+    alog_num(b, mask, POLIS_ALOG_UPSTREAM_MS, "%.3f",
+             r->upstream_answered ? ms_between(&r->t_up, now) : 0);
+    alog_num(b, mask, POLIS_ALOG_ATTEMPTS, "%.0f", r->attempts);
     const char *route = r->route != NULL ? r->route->name : "";
-    json_str(b, (struct polis_str){route, strlen(route)});
-    polis_buf_append(b, ",\"cluster\":", 11);
+    alog_str(b, mask, POLIS_ALOG_ROUTE, (struct polis_str){route, strlen(route)});
     const char *cl = r->cluster != NULL ? r->cluster->name : "";
-    json_str(b, (struct polis_str){cl, strlen(cl)});
-    polis_buf_append(b, "}\n", 2);
+    alog_str(b, mask, POLIS_ALOG_CLUSTER, (struct polis_str){cl, strlen(cl)});
+    if (b->end > start && b->data[start] == ',') /* every field began with a comma */
+        b->data[start] = '{';
+    APPEND_LIT(b, "}\n");
 }
 
 static double seconds_since(const struct timespec *t0, const struct timespec *now)
@@ -1171,6 +1219,8 @@ static int req_connect(struct gw_dconn *c, bool fresh)
     u->owner = c;
     r->up = u;
     r->hsent = 0;
+    r->upstream_addr = p->addr.text;
+    r->connect_us = 0;
     trace_attempt(c);
     const struct gw_cluster_slots *cs = &r->ws->snap->cluster_slots[r->cluster_idx];
     polis_counter_add(c->wk->shard, u->reused ? cs->reused : cs->connections, 1);
@@ -1835,6 +1885,9 @@ static void u_event(struct polis_loop *loop, struct polis_watch *w, unsigned eve
             return;
         }
         u->connected = true;
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        c->r.connect_us = (uint32_t)(ms_between(&c->r.t_up, &now) * 1e3);
         polis_timer_arm(loop, &u->timer, upstream_timeout(&c->r));
     }
     if (events & POLIS_EV_READ)

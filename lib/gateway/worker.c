@@ -27,6 +27,11 @@ static struct gw_pool *pool_find(struct gw_worker *wk, const struct polis_addr *
     if (p == NULL)
         return NULL;
     p->addr = *a;
+    const char *const instance[] = {a->text, NULL};
+    if (polis_metric_series(wk->gw->metrics.upstream_idle, instance, &p->idle_slot) < 0) {
+        free(p);
+        return NULL;
+    }
     p->next = wk->pools;
     wk->pools = p;
     return p;

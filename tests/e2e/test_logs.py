@@ -76,3 +76,46 @@ def test_sigusr1_reopens_both_logs(gateways, origin, tmp_path):
     assert wait_lines(alog, lambda l: l["path"] == "/after")
     assert not [l for l in lines(tmp_path / "access.log.1") if l["path"] == "/after"]
     assert wait_lines(elog, lambda l: "reopened" in l["msg"])
+
+
+def test_access_log_upstream_timings_and_attempts(gateways, origin, tmp_path):
+    alog = tmp_path / "access.log"
+
+    def cfg(port, admin_port):
+        c = base_config(port, admin_port, workers=1)
+        c["access_log"] = str(alog)
+        c["clusters"] = [{"name": "app", "instances": [origin.addr]}]
+        c["routes"] = [{"match": {"prefix": "/"}, "cluster": "app"}]
+        return c
+
+    g = gateways.start(config=cfg)
+    with requests.Session() as s:
+        s.get(g.url("/slow"), headers={"X-Origin-Mode": "slow delay=0.2"}, timeout=5)
+        s.get(g.url("/again"), timeout=5)  # on the kept-alive upstream connection
+    first = wait_lines(alog, lambda l: l["path"] == "/slow")[0]
+    again = wait_lines(alog, lambda l: l["path"] == "/again")[0]
+    assert first["attempts"] == 1 and first["upstream"] == origin.addr
+    assert 200 <= first["upstream_ms"] <= first["duration_ms"] < 2000
+    assert 0 <= first["upstream_connect_ms"] < 1000
+    assert again["upstream_connect_ms"] == 0  # reused: nothing to open
+    assert list(first) == ["ts", "request_id", "client", "method", "path", "host", "status",
+                           "bytes_received", "bytes_sent", "duration_ms", "upstream",
+                           "upstream_connect_ms", "upstream_ms", "attempts", "route",
+                           "cluster"]  # documented order (trace_id only with tracing)
+
+
+def test_access_log_fields_are_selectable(gateways, origin, tmp_path):
+    alog = tmp_path / "access.log"
+
+    def cfg(port, admin_port):
+        c = base_config(port, admin_port, workers=1)
+        c["access_log"] = str(alog)
+        c["access_log_fields"] = ["status", "request_id", "path"]
+        c["clusters"] = [{"name": "app", "instances": [origin.addr]}]
+        c["routes"] = [{"match": {"prefix": "/"}, "cluster": "app"}]
+        return c
+
+    g = gateways.start(config=cfg)
+    requests.get(g.url("/picked"), headers={"X-Request-Id": "sel-1"}, timeout=5)
+    line = wait_lines(alog, lambda l: l.get("request_id") == "sel-1")[0]
+    assert line == {"request_id": "sel-1", "path": "/picked", "status": 200}

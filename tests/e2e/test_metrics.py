@@ -80,6 +80,7 @@ def test_request_counters_are_exact(gateways, origin):
     assert (sample(m, "polis_upstream_connections_total", cluster="app")
             + sample(m, "polis_upstream_connections_reused_total", cluster="app")) == 26
     assert sample(m, "polis_connections_total") >= 1
+    assert sample(m, "polis_upstream_idle_connections", instance=origin.addr) >= 1
     assert sample(m, "polis_build_info", version="0.1.0") == 1
     assert sample(m, "polis_config_version") == 1
 

@@ -360,7 +360,8 @@ static void test_unknown_keys(void **state)
 {
     expect_error(LISTEN "listn: \":80\"\n",
                  "t.yaml:2: unknown key 'listn'; expected one of: workers, listen, admin, "
-                 "access_log, error_log, limits, timeouts, tracing, clusters, routes");
+                 "access_log, access_log_fields, error_log, limits, timeouts, tracing, "
+                 "clusters, routes");
     expect_error(LISTEN "limits:\n  max_bdy: 1\n",
                  "t.yaml:3: limits: unknown key 'max_bdy'; expected one of: max_request_line, "
                  "max_header_bytes, max_headers, max_body, max_connections");
@@ -969,6 +970,27 @@ static void test_tracing(void **state)
                  "service_name, sample_ratio");
 }
 
+/* access_log_fields: a list of known names; all of them by default. */
+static void test_access_log_fields(void **state)
+{
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    assert_int_equal(load(LISTEN, &cfg, &e), 0);
+    assert_int_equal(cfg->access_log_fields, (1u << POLIS_ALOG__COUNT) - 1);
+    polis__config_free(cfg);
+    assert_int_equal(load(LISTEN "access_log_fields: [ts, status, upstream_ms]\n", &cfg, &e), 0);
+    assert_int_equal(cfg->access_log_fields, (1u << POLIS_ALOG_TS) | (1u << POLIS_ALOG_STATUS) |
+                                                 (1u << POLIS_ALOG_UPSTREAM_MS));
+    polis__config_free(cfg);
+    expect_error(LISTEN "access_log_fields: [ts, stauts]\n",
+                 "t.yaml:2: access_log_fields[1]: found 'stauts'; expected one of: ts, "
+                 "request_id, trace_id, client, method, path, host, status, bytes_received, "
+                 "bytes_sent, duration_ms, upstream, upstream_connect_ms, upstream_ms, attempts, "
+                 "route, cluster");
+    expect_error(LISTEN "access_log_fields: status\n",
+                 "t.yaml:2: access_log_fields: found 'status'; expected a list of field names");
+}
+
 static void test_validate_in_code(void **state)
 {
     struct polis_config *cfg = calloc(1, sizeof(*cfg));
@@ -1086,6 +1108,7 @@ int main(void)
         cmocka_unit_test(test_file),
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_tracing),
+        cmocka_unit_test(test_access_log_fields),
         cmocka_unit_test(test_validate_in_code),
         cmocka_unit_test(test_large),
     };
