@@ -42,7 +42,7 @@ struct gw_route_slots {
 };
 
 struct gw_cluster_slots {
-    uint32_t duration, connections, reused;
+    uint32_t duration, connections, reused, retries;
     uint32_t errors[GW_UPSTREAM_ERRORS];
 };
 
@@ -50,6 +50,7 @@ struct gw_metrics {
     struct polis_metrics *reg;
     struct polis_metric *requests, *duration, *bytes_in, *bytes_out;
     struct polis_metric *upstream_duration, *upstream_errors, *upstream_conns, *upstream_reused;
+    struct polis_metric *upstream_retries;
     struct polis_metric *conns_active, *conns_total, *upstream_idle;
     uint32_t conns_active_slot, conns_total_slot;
     struct polis_metrics_shard *main_shard; /* the main thread's (build info) */

@@ -101,6 +101,10 @@ int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw)
         m, POLIS_METRIC_GAUGE, "polis_upstream_idle_connections",
         "Kept-alive upstream connections waiting for a request, by instance address.",
         instance_only, NULL, 0);
+    gm->upstream_retries = polis_metrics_family(
+        m, POLIS_METRIC_COUNTER, "polis_upstream_retries_total",
+        "Requests sent again on a fresh connection after a kept-alive one turned out closed.",
+        cluster_only, NULL, 0);
     gm->conns_active = polis_metrics_family(m, POLIS_METRIC_GAUGE, "polis_connections_active",
                                             "Client connections open now.", NULL, NULL, 0);
     gm->conns_total = polis_metrics_family(m, POLIS_METRIC_COUNTER, "polis_connections_total",
@@ -111,7 +115,8 @@ int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw)
     if (gm->requests == NULL || gm->duration == NULL || gm->bytes_in == NULL ||
         gm->bytes_out == NULL || gm->upstream_duration == NULL || gm->upstream_errors == NULL ||
         gm->upstream_conns == NULL || gm->upstream_reused == NULL || gm->conns_active == NULL ||
-        gm->conns_total == NULL || gm->upstream_idle == NULL || build == NULL)
+        gm->conns_total == NULL || gm->upstream_idle == NULL || gm->upstream_retries == NULL ||
+        build == NULL)
         goto fail;
     uint32_t build_slot;
     const char *const version[] = {POLIS_VERSION, NULL};
@@ -184,6 +189,8 @@ int polis__gw_metrics_resolve(struct gw_metrics *gm, struct gw_snapshot *s)
             rc = polis_metric_series(gm->upstream_conns, v, &cs->connections);
         if (rc == 0)
             rc = polis_metric_series(gm->upstream_reused, v, &cs->reused);
+        if (rc == 0)
+            rc = polis_metric_series(gm->upstream_retries, v, &cs->retries);
         for (int k = 0; k < GW_UPSTREAM_ERRORS && rc == 0; k++) {
             const char *const e[] = {cfg->clusters[i].name, upstream_error_kinds[k], NULL};
             rc = polis_metric_series(gm->upstream_errors, e, &cs->errors[k]);

@@ -1709,6 +1709,7 @@ static int upstream_failed(struct gw_dconn *c, int status, const char *why,
         return GONE;
     }
     if (stale && r->idempotent && !r->body_started && r->attempts < 2) {
+        polis_counter_add(c->wk->shard, r->ws->snap->cluster_slots[r->cluster_idx].retries, 1);
         r->scan = 0;
         r->req_done = false;
         req_connect(c, true); /* on failure it prepared the answer itself */

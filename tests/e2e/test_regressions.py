@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from harness import (Closed, RawClient, base_config, free_port, quick_args,
                      request_bytes, simple_get, tcp_queued, wait_for)
@@ -220,6 +221,8 @@ def test_stale_pooled_connection_retries_get_not_post(gateways, origin):
         assert r.status == 200 and r.json()["path"] == "/get-on-stale", r
         gets = [x for x in origin.snapshot() if x.target == "/get-on-stale"]
         assert len(gets) == 2 and gets[0].seq > 1 and gets[1].seq == 1, gets
+    m = requests.get(f"http://127.0.0.1:{g.admin_port}/metrics", timeout=5).text
+    assert 'polis_upstream_retries_total{cluster="app"} 1' in m.splitlines(), m
     for path, body in (("/post-empty", b""), ("/post-body", b"hello")):
         with RawClient(g.port, timeout=5) as c:
             c.send(request_bytes("GET", "/warm-" + path[1:]))  # a fresh pooled connection
