@@ -1,6 +1,8 @@
 /* trace.c: W3C Trace Context, spans, per-thread span rings and the OTLP/HTTP JSON exporter. */
 #include <polis/trace.h>
 
+#include "http/blocking.h"
+
 #include <errno.h>
 #include <limits.h>
 #include <netdb.h>
@@ -520,13 +522,6 @@ static _Thread_local struct {
 } tl_rings[RING_CACHE];
 static _Thread_local unsigned tl_next;
 
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 /* a + b, saturating: timeouts and periods come from configuration. */
 static inline uint64_t sat_add(uint64_t a, uint64_t b)
 {
@@ -642,85 +637,9 @@ void polis_tracer_stats(const struct polis_tracer *tc, struct polis_tracer_stats
 }
 
 /* ---- HTTP client (exporter thread) -------------------------------------------------------- */
-
-/* Wait for events on fd until the monotonic deadline. Returns 0, POLIS_ETIMEDOUT or
- * POLIS_ESYS. */
-static int wait_fd(int fd, short events, uint64_t deadline)
-{
-    for (;;) {
-        uint64_t now = mono_ms();
-        if (now >= deadline)
-            return POLIS_ETIMEDOUT;
-        uint64_t left = deadline - now;
-        struct pollfd p = {.fd = fd, .events = events};
-        int n = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
-        if (n > 0)
-            return 0;
-        if (n < 0 && errno != EINTR)
-            return POLIS_ESYS;
-    }
-}
-
 static int conn_open(struct polis_tracer *t, uint64_t deadline)
 {
-    int fd = socket(t->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0)
-        return POLIS_ESYS;
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    if (connect(fd, (struct sockaddr *)&t->addr, t->addrlen) < 0) {
-        if (errno != EINPROGRESS)
-            goto fail;
-        int rc = wait_fd(fd, POLLOUT, deadline);
-        if (rc < 0) {
-            close(fd);
-            return rc;
-        }
-        int err = 0;
-        socklen_t len = sizeof err;
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0)
-            goto fail;
-        if (err != 0) {
-            errno = err;
-            goto fail;
-        }
-    }
-    t->fd = fd;
-    return 0;
-fail:
-    close(fd);
-    return POLIS_ESYS;
-}
-
-static int send_all(int fd, const struct iovec *iov_in, int cnt, uint64_t deadline)
-{
-    struct iovec iov[4];
-    memcpy(iov, iov_in, (size_t)cnt * sizeof *iov);
-    struct iovec *v = iov;
-    while (cnt > 0) {
-        struct msghdr msg = {.msg_iov = v, .msg_iovlen = (size_t)cnt};
-        ssize_t n = sendmsg(fd, &msg, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN)
-                return POLIS_ESYS;
-            int rc = wait_fd(fd, POLLOUT, deadline);
-            if (rc < 0)
-                return rc;
-            continue;
-        }
-        while (cnt > 0 && (size_t)n >= v->iov_len) {
-            n -= (ssize_t)v->iov_len;
-            v++;
-            cnt--;
-        }
-        if (cnt > 0) {
-            v->iov_base = (char *)v->iov_base + n;
-            v->iov_len -= (size_t)n;
-        }
-    }
-    return 0;
+    return polis__tcp_connect((const struct sockaddr *)&t->addr, t->addrlen, deadline, &t->fd);
 }
 
 /* A buffered reader of the answer, bounded by the request's deadline. */
@@ -748,7 +667,7 @@ static int rd_fill(struct reader *r)
             continue;
         if (errno != EAGAIN)
             return POLIS_ESYS;
-        int rc = wait_fd(r->fd, POLLIN, r->deadline);
+        int rc = polis__fd_wait(r->fd, POLLIN, r->deadline);
         if (rc < 0)
             return rc;
     }
@@ -909,7 +828,7 @@ static int post_body(struct polis_tracer *t, uint64_t deadline, int *status)
             return rc;
         struct reader r = {.fd = t->fd, .deadline = deadline};
         bool keep = false;
-        rc = send_all(t->fd, iov, 3, deadline);
+        rc = polis__send_all(t->fd, iov, 3, deadline);
         if (rc == 0)
             rc = read_answer(&r, status, &keep);
         if (rc == 0) {
@@ -994,11 +913,11 @@ static void account(struct polis_tracer *t, size_t n, int rc, int status)
  * fills must not turn a dead collector into a busy loop). Returns true when stopping. */
 static bool exporter_sleep(struct polis_tracer *t, uint64_t ms, bool only_stop)
 {
-    uint64_t until = sat_add(mono_ms(), ms);
+    uint64_t until = sat_add(polis__mono_ms(), ms);
     for (;;) {
         if (atomic_load_explicit(&t->stopping, memory_order_acquire))
             return true;
-        uint64_t now = mono_ms();
+        uint64_t now = polis__mono_ms();
         if (now >= until)
             return false;
         uint64_t left = until - now;
@@ -1029,7 +948,7 @@ static void *exporter_main(void *arg)
             if (n == 0)
                 break;
             int status = 0;
-            int rc = post_body(t, sat_add(mono_ms(), t->timeout_ms), &status);
+            int rc = post_body(t, sat_add(polis__mono_ms(), t->timeout_ms), &status);
             account(t, n, rc, status);
             if (rc < 0) {
                 backoff = backoff ? backoff * 2 : BACKOFF_MIN_MS;
@@ -1045,7 +964,7 @@ static void *exporter_main(void *arg)
 
     /* Stopping: export what waits until the first failure or the deadline, drop the rest. */
     uint64_t deadline = atomic_load_explicit(&t->stop_deadline, memory_order_relaxed);
-    while (mono_ms() < deadline) {
+    while (polis__mono_ms() < deadline) {
         size_t n = build_batch(t);
         if (n == 0)
             break;
@@ -1233,7 +1152,7 @@ void polis__tracer_stop_stats(struct polis_tracer *t, struct polis_tracer_stats 
 {
     if (t == NULL)
         return;
-    atomic_store_explicit(&t->stop_deadline, sat_add(mono_ms(), t->timeout_ms),
+    atomic_store_explicit(&t->stop_deadline, sat_add(polis__mono_ms(), t->timeout_ms),
                           memory_order_relaxed);
     atomic_store_explicit(&t->stopping, true, memory_order_release);
     wake(t);

@@ -1,6 +1,8 @@
 /* client.c: the SDK's blocking HTTP/1.1 client for services: one kept-alive connection per thread
  * and host, bounded answers decoded with the polis_h1 parser, trace context propagation. */
 #include <polis/http.h>
+
+#include "http/blocking.h"
 #include <polis/trace.h>
 
 #include "sdk/sdk-internal.h"
@@ -227,69 +229,6 @@ static bool kept_alive(int fd)
 }
 
 /* ---- Blocking I/O with a deadline ----------------------------------------------------------- */
-
-static uint64_t mono_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* Wait for events on fd until the deadline. Returns 0, POLIS_ETIMEDOUT or POLIS_ESYS. */
-static int wait_fd(int fd, short events, uint64_t deadline)
-{
-    for (;;) {
-        uint64_t now = mono_ms();
-        if (now >= deadline)
-            return POLIS_ETIMEDOUT;
-        uint64_t left = deadline - now;
-        struct pollfd p = {.fd = fd, .events = events};
-        int n = poll(&p, 1, left > 60000 ? 60000 : (int)left);
-        if (n > 0)
-            return 0;
-        if (n < 0 && errno != EINTR)
-            return POLIS_ESYS;
-    }
-}
-
-/* Connect to one address. Returns 0 and *out, POLIS_ETIMEDOUT or POLIS_ESYS (errno). */
-static int connect_one(const struct addrinfo *ai, uint64_t deadline, int *out)
-{
-    int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_NONBLOCK | SOCK_CLOEXEC, ai->ai_protocol);
-    if (fd < 0)
-        return POLIS_ESYS;
-    int rc = 0, e = 0;
-    if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0) {
-        if (errno != EINPROGRESS && errno != EINTR) {
-            rc = POLIS_ESYS;
-            goto fail;
-        }
-        rc = wait_fd(fd, POLLOUT, deadline);
-        if (rc < 0)
-            goto fail;
-        socklen_t el = sizeof(e);
-        if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &e, &el) < 0) {
-            rc = POLIS_ESYS;
-            goto fail;
-        }
-        if (e != 0) {
-            errno = e;
-            rc = POLIS_ESYS;
-            goto fail;
-        }
-    }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    *out = fd;
-    return 0;
-
-fail:
-    e = errno;
-    close(fd);
-    errno = e;
-    return rc;
-}
-
 /* Resolve and connect, trying each address in turn. Returns 0 and *out, POLIS_ENOTFOUND,
  * POLIS_ETIMEDOUT, POLIS_ESYS (errno: the last address's failure) or POLIS_ENOMEM. */
 static int conn_open(const struct url *u, uint64_t deadline, int *out)
@@ -307,7 +246,7 @@ static int conn_open(const struct url *u, uint64_t deadline, int *out)
     }
     int rc = POLIS_ENOTFOUND;
     for (const struct addrinfo *ai = res; ai != NULL; ai = ai->ai_next) {
-        rc = connect_one(ai, deadline, out);
+        rc = polis__tcp_connect(ai->ai_addr, ai->ai_addrlen, deadline, out);
         if (rc == 0 || rc == POLIS_ETIMEDOUT)
             break;
     }
@@ -316,37 +255,6 @@ static int conn_open(const struct url *u, uint64_t deadline, int *out)
     errno = e;
     return rc;
 }
-
-/* Send all of iov. Returns 0, POLIS_ETIMEDOUT or POLIS_ESYS. */
-static int send_all(int fd, struct iovec *iov, int cnt, uint64_t deadline)
-{
-    while (cnt > 0) {
-        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)cnt};
-        ssize_t n = sendmsg(fd, &mh, MSG_NOSIGNAL);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            if (errno != EAGAIN && errno != EWOULDBLOCK)
-                return POLIS_ESYS;
-            int rc = wait_fd(fd, POLLOUT, deadline);
-            if (rc < 0)
-                return rc;
-            continue;
-        }
-        size_t left = (size_t)n;
-        while (cnt > 0 && left >= iov->iov_len) {
-            left -= iov->iov_len;
-            iov++;
-            cnt--;
-        }
-        if (cnt > 0) {
-            iov->iov_base = (char *)iov->iov_base + left;
-            iov->iov_len -= left;
-        }
-    }
-    return 0;
-}
-
 /* Read once. Returns 0 with *got > 0, POLIS_ECLOSED (FIN), POLIS_ETIMEDOUT or POLIS_ESYS. */
 static int recv_some(int fd, void *buf, size_t len, uint64_t deadline, size_t *got)
 {
@@ -362,7 +270,7 @@ static int recv_some(int fd, void *buf, size_t len, uint64_t deadline, size_t *g
             continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK)
             return POLIS_ESYS;
-        int rc = wait_fd(fd, POLLIN, deadline);
+        int rc = polis__fd_wait(fd, POLLIN, deadline);
         if (rc < 0)
             return rc;
     }
@@ -720,7 +628,7 @@ static int attempt(int fd, bool reused, const char *key, struct iovec *iov_in, i
     size_t head_len = 0;
     int e;
 
-    int rc = send_all(fd, iov, iovcnt, deadline);
+    int rc = polis__send_all(fd, iov, iovcnt, deadline);
     if (rc == 0)
         rc = read_head(x, &head_len);
     if (rc < 0) {
@@ -772,7 +680,7 @@ int polis_fetch(const char *method, const char *url, const char *const *headers,
     struct url u;
     if (!is_token(m) || m.len > 32 || url_parse(url, &u) < 0)
         return POLIS_EINVAL;
-    uint64_t deadline = mono_ms() + (timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS);
+    uint64_t deadline = polis__mono_ms() + (timeout_ms > 0 ? timeout_ms : DEFAULT_TIMEOUT_MS);
 
     struct polis_buf head;
     polis_buf_init(&head, MAX_HEAD);
