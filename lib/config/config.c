@@ -446,6 +446,7 @@ void polis__config_free(struct polis_config *cfg)
     free(cfg->source);
     free(cfg->access_log);
     free(cfg->error_log);
+    free(cfg->admin_token);
     free(cfg->tracing.endpoint);
     free(cfg->tracing.service_name);
     for (size_t i = 0; cfg->clusters && i < cfg->num_clusters; i++) {
@@ -880,6 +881,20 @@ static void validate_route(struct diag *d, struct polis_config *cfg, size_t ri)
 
 /* Whether two listening addresses collide: the same text, or the same port where one of them is
  * a wildcard address of the same family. */
+/* 127.0.0.0/8 or ::1: only this machine can connect. */
+static bool addr_loopback(const struct polis_addr *a)
+{
+    if (a->ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&a->ss;
+        return (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+    }
+    if (a->ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&a->ss;
+        return IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+    }
+    return false;
+}
+
 static bool addr_collide(const struct polis_addr *a, const struct polis_addr *b)
 {
     if (strcmp(a->text, b->text) == 0)
@@ -911,6 +926,16 @@ static void config_validate_diag(struct polis_config *cfg, struct diag *d)
                  cfg->admin.text, cfg->listen.text);
     if (cfg->has_admin && cfg->admin.len == 0 && !reported(d, &cfg->admin))
         diag_add(d, 0, "admin: no address; expected an address or off");
+    if (cfg->admin_token != NULL && !reported(d, &cfg->admin_token) &&
+        strlen(cfg->admin_token) < 16)
+        diag_add(d, line_of(d, &cfg->admin_token, 0),
+                 "admin_token: too short; expected at least 16 characters (use a random one)");
+    if (cfg->has_admin && cfg->admin.len && !reported(d, &cfg->admin) && cfg->admin_token == NULL &&
+        !addr_loopback(&cfg->admin))
+        diag_add(d, line_of(d, &cfg->admin, 0),
+                 "admin: %s is reachable from other machines; expected admin_token (a bearer "
+                 "token of at least 16 characters), or a loopback address like 127.0.0.1:9901",
+                 cfg->admin.text);
     if (cfg->access_log && !reported(d, &cfg->access_log) && cfg->access_log[0] == 0)
         diag_add(d, line_of(d, &cfg->access_log, 0),
                  "access_log: empty; expected \"-\" (stdout), a file path or off");
@@ -1813,9 +1838,10 @@ static void load_route(struct ld *L, const struct node *m, size_t idx)
 /* Returns false when the document is not a mapping (nothing else is worth checking then). */
 static bool load_root(struct ld *L, const struct node *root)
 {
-    static const char *const keys[] = {"workers",           "listen",    "admin",  "access_log",
-                                       "access_log_fields", "error_log", "limits", "timeouts",
-                                       "tracing",           "clusters",  "routes", NULL};
+    static const char *const keys[] = {
+        "workers",           "listen",    "admin",  "admin_token", "access_log",
+        "access_log_fields", "error_log", "limits", "timeouts",    "tracing",
+        "clusters",          "routes",    NULL};
     struct polis_config *cfg = L->cfg;
     int kl = 0;
     const struct node *n;
@@ -1847,6 +1873,11 @@ static bool load_root(struct ld *L, const struct node *root)
     }
     if ((n = get(root, "access_log_fields", &kl)))
         load_alog_fields(L, n, kl);
+    if ((n = get(root, "admin_token", &kl))) {
+        bool ok = rd_str(L, n, kl, "admin_token", "a secret of at least 16 characters",
+                         &cfg->admin_token);
+        diag_where(L->d, &cfg->admin_token, kl, !ok);
+    }
     if ((n = get(root, "error_log", &kl))) {
         bool ok = rd_str(L, n, kl, "error_log", "\"-\" (stderr) or a file path", &cfg->error_log);
         diag_where(L->d, &cfg->error_log, kl, !ok);

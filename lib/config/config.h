@@ -123,9 +123,11 @@ struct polis_config {
     int workers;  /* 0: number of cores */
     struct polis_addr listen;
     bool has_admin;
-    struct polis_addr admin;    /* default 127.0.0.1:9901 */
-    char *access_log;           /* NULL: off; "-": stdout; else a file path */
-    char *error_log;            /* NULL or "-": stderr; else a file path */
+    struct polis_addr admin; /* default 127.0.0.1:9901 */
+    char *admin_token;       /* NULL, or the bearer token every admin request must carry; required
+                                when admin is not a loopback address */
+    char *access_log;        /* NULL: off; "-": stdout; else a file path */
+    char *error_log;         /* NULL or "-": stderr; else a file path */
     uint32_t access_log_fields; /* bit (1 << POLIS_ALOG_*) per field logged */
     struct polis_limits_cfg limits;
     struct polis_timeouts_cfg timeouts;

@@ -127,7 +127,8 @@ struct polis_gateway {
     int num_workers;
     atomic_int alog_fd; /* -1: off */
     char *alog_path;
-    int elog_fd; /* the error log file, or -1 for stderr */
+    int elog_fd;       /* the error log file, or -1 for stderr */
+    char *admin_token; /* NULL, or the bearer token the admin listener requires */
     char *elog_path;
     atomic_bool draining;
     struct polis_server *admin;

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -399,10 +400,34 @@ static void admin_status(struct polis_gateway *gw, struct polis_response *res)
     json_decref(j);
 }
 
+/* "Bearer <token>" against the configured token, in time independent of where they differ. */
+static bool bearer_ok(const struct polis_str *auth, const char *token)
+{
+    static const char scheme[] = "Bearer ";
+    size_t n = strlen(token);
+    if (auth == NULL || auth->len != sizeof(scheme) - 1 + n ||
+        strncasecmp(auth->p, scheme, sizeof(scheme) - 1) != 0)
+        return false;
+    unsigned char diff = 0;
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)(auth->p[sizeof(scheme) - 1 + i] ^ token[i]);
+    return diff == 0;
+}
+
 /* The admin listener: health for orchestrators, metrics for Prometheus, status for people. */
 static void admin_handler(const struct polis_request *req, struct polis_response *res, void *ud)
 {
     struct polis_gateway *gw = ud;
+    if (gw->admin_token != NULL &&
+        !bearer_ok(polis_request_header(req, "Authorization"), gw->admin_token)) {
+        polis_response_status(res, 401);
+        polis_response_header(res, "Content-Type", "application/json");
+        polis_response_header(res, "WWW-Authenticate", "Bearer realm=\"polis-admin\"");
+        polis_response_printf(res, "{\"error\":\"unauthorized\",\"status\":401,"
+                                   "\"message\":\"the admin listener requires its bearer "
+                                   "token\"}\n");
+        return;
+    }
     if (polis_str_eq(req->path, POLIS_STR("/metrics"))) {
         struct polis_buf out;
         polis_buf_init(&out, 64u << 20);
@@ -449,6 +474,7 @@ static void gateway_free(struct polis_gateway *gw)
         close(gw->elog_fd);
     }
     free(gw->elog_path);
+    free(gw->admin_token);
     if (gw->tracer != NULL) /* every worker has stopped: nobody submits any more */
         polis_tracer_stop(gw->tracer);
     polis__gw_metrics_free(&gw->metrics); /* the workers' shards go with it */
@@ -524,6 +550,10 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
         rc = worker_init(gw, &gw->workers[i], i, s);
         if (rc < 0)
             goto fail;
+    }
+    if (cfg->admin_token != NULL && (gw->admin_token = strdup(cfg->admin_token)) == NULL) {
+        rc = POLIS_ENOMEM;
+        goto fail;
     }
     if (cfg->has_admin) {
         struct polis_server_opts o = {

@@ -83,7 +83,7 @@ class GatewayFactory:
         return path
 
     def start(self, upstreams=None, config=None, workers=2, extra=(), binary=None,
-              port=None, admin_port=None, ready_timeout=15.0, env=None):
+              port=None, admin_port=None, ready_timeout=15.0, env=None, admin_token=None):
         port = port or free_port()
         admin_port = admin_port or free_port()
         if config is not None:
@@ -94,7 +94,7 @@ class GatewayFactory:
         else:
             args = quick_args(port, admin_port, upstreams or [], workers, extra)
         g = Gateway(args, self.tmp_path, binary=binary or self.binary, listen_port=port,
-                    admin_port=admin_port, env=env)
+                    admin_port=admin_port, env=env, admin_token=admin_token)
         self.gateways.append(g)
         g.start(ready_timeout)
         return g

@@ -119,12 +119,14 @@ class Gateway:
     """One polis gateway process. Start with start(); stop() checks the exit status and the
     sanitizer output and raises GatewayError when something is wrong."""
 
-    def __init__(self, args, workdir, binary=None, listen_port=None, admin_port=None, env=None):
+    def __init__(self, args, workdir, binary=None, listen_port=None, admin_port=None, env=None,
+                 admin_token=None):
         self.binary = os.path.abspath(binary or default_binary())
         self.args = list(args)
         self.workdir = str(workdir)
         self.port = listen_port
         self.admin_port = admin_port
+        self.admin_token = admin_token  # sent as a bearer token on admin requests
         self.proc = None
         self.stderr_path = os.path.join(self.workdir, f"polis-stderr-{id(self)}.log")
         self.stdout_path = os.path.join(self.workdir, f"polis-stdout-{id(self)}.log")
@@ -171,9 +173,11 @@ class Gateway:
 
     def admin_get(self, path, timeout=1.0):
         """(status, body bytes) of a GET on the admin listener; (None, b'') when it fails."""
+        req = urllib.request.Request(f"http://127.0.0.1:{self.admin_port}{path}")
+        if self.admin_token:
+            req.add_header("Authorization", "Bearer " + self.admin_token)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}",
-                                        timeout=timeout) as r:
+            with urllib.request.urlopen(req, timeout=timeout) as r:
                 return r.status, r.read()
         except urllib.error.HTTPError as e:
             return e.code, e.read()

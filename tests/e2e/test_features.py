@@ -451,3 +451,35 @@ def test_access_log_quick_mode_flag(gateways, origin, tmp_path):
 
 def test_pattern_chunks_helper_consistent():
     assert sum(len(b) for b in pattern_chunks(100001)) == 100001
+
+
+def test_admin_token_is_required_when_configured(gateways, origin):
+    token = "s3cr3t-t0ken-0123456789"
+
+    def cfg(port, admin_port):
+        c = base_config(port, admin_port)
+        c["admin_token"] = token
+        c["clusters"] = [{"name": "app", "instances": [origin.addr]}]
+        c["routes"] = [{"match": {"prefix": "/"}, "cluster": "app"}]
+        return c
+
+    g = gateways.start(config=cfg, admin_token=token)
+    admin = f"http://127.0.0.1:{g.admin_port}"
+    for path in ("/health", "/metrics", "/status"):
+        r = requests.get(admin + path, timeout=5)
+        assert r.status_code == 401 and r.json()["error"] == "unauthorized", path
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+        bad = requests.get(admin + path, headers={"Authorization": "Bearer " + token[:-1] + "x"},
+                           timeout=5)
+        assert bad.status_code == 401
+        ok = requests.get(admin + path, headers={"Authorization": "Bearer " + token}, timeout=5)
+        assert ok.status_code == 200, path
+    assert requests.get(g.url("/x"), timeout=5).status_code == 200  # the proxy is not affected
+
+
+def test_check_refuses_a_public_admin_listener_without_token(polis_bin, tmp_path):
+    path = tmp_path / "polis.yaml"
+    path.write_text('listen: "127.0.0.1:8080"\nadmin: "0.0.0.0:9901"\n')
+    r = subprocess.run([polis_bin, "check", "-c", str(path)], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert "admin: 0.0.0.0:9901 is reachable from other machines" in r.stderr

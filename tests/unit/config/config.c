@@ -360,8 +360,8 @@ static void test_unknown_keys(void **state)
 {
     expect_error(LISTEN "listn: \":80\"\n",
                  "t.yaml:2: unknown key 'listn'; expected one of: workers, listen, admin, "
-                 "access_log, access_log_fields, error_log, limits, timeouts, tracing, "
-                 "clusters, routes");
+                 "admin_token, access_log, access_log_fields, error_log, limits, timeouts, "
+                 "tracing, clusters, routes");
     expect_error(LISTEN "limits:\n  max_bdy: 1\n",
                  "t.yaml:3: limits: unknown key 'max_bdy'; expected one of: max_request_line, "
                  "max_header_bytes, max_headers, max_body, max_connections");
@@ -991,6 +991,27 @@ static void test_access_log_fields(void **state)
                  "t.yaml:2: access_log_fields: found 'status'; expected a list of field names");
 }
 
+/* An admin listener other machines can reach needs a bearer token; no default one exists. */
+static void test_admin_token(void **state)
+{
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    assert_int_equal(load(LISTEN "admin: \"127.0.0.2:9901\"\n", &cfg, &e), 0);
+    assert_null(cfg->admin_token);
+    polis__config_free(cfg);
+    assert_int_equal(
+        load(LISTEN "admin: \"0.0.0.0:9901\"\nadmin_token: 0123456789abcdef\n", &cfg, &e), 0);
+    assert_string_equal(cfg->admin_token, "0123456789abcdef");
+    polis__config_free(cfg);
+    expect_error(LISTEN "admin: \"0.0.0.0:9901\"\n",
+                 "t.yaml:2: admin: 0.0.0.0:9901 is reachable from other machines; expected "
+                 "admin_token (a bearer token of at least 16 characters), or a loopback address "
+                 "like 127.0.0.1:9901");
+    expect_error(LISTEN "admin_token: short\n",
+                 "t.yaml:2: admin_token: too short; expected at least 16 characters (use a "
+                 "random one)");
+}
+
 static void test_validate_in_code(void **state)
 {
     struct polis_config *cfg = calloc(1, sizeof(*cfg));
@@ -1109,6 +1130,7 @@ int main(void)
         cmocka_unit_test(test_examples),
         cmocka_unit_test(test_tracing),
         cmocka_unit_test(test_access_log_fields),
+        cmocka_unit_test(test_admin_token),
         cmocka_unit_test(test_validate_in_code),
         cmocka_unit_test(test_large),
     };
