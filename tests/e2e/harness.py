@@ -309,15 +309,8 @@ class Timeout(Exception):
     pass
 
 
-class Response:
-    def __init__(self, status, reason, version, headers, body, raw_head):
-        self.status = status
-        self.reason = reason
-        self.version = version
-        self.headers = headers  # list of (name, value) as received
-        self.body = body
-        self.raw_head = raw_head
-        self.interim = []  # 1xx responses before this one
+class HeaderLookup:
+    """Case-insensitive lookups in self.headers, a list of (name, value) pairs."""
 
     def header(self, name, default=None):
         n = name.lower()
@@ -329,6 +322,18 @@ class Response:
     def header_all(self, name):
         n = name.lower()
         return [v for k, v in self.headers if k.lower() == n]
+
+
+class Response(HeaderLookup):
+    def __init__(self, status, reason, version, headers, body, raw_head):
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers  # list of (name, value) as received
+        self.body = body
+        self.raw_head = raw_head
+        self.interim = []  # 1xx responses before this one
+
 
     def has(self, name):
         return self.header(name) is not None
@@ -527,7 +532,7 @@ def pattern_sha256(n):
     return h.hexdigest()
 
 
-class Recorded:
+class Recorded(HeaderLookup):
     def __init__(self, conn_id):
         self.conn_id = conn_id
         self.method = self.target = self.version = None
@@ -544,16 +549,6 @@ class Recorded:
         self.early_buffered = 0  # mode "early": body bytes read along with the head
         self.peer_port = 0  # the gateway's port of the connection it came on
 
-    def header(self, name, default=None):
-        n = name.lower()
-        for k, v in self.headers:
-            if k.lower() == n:
-                return v
-        return default
-
-    def header_all(self, name):
-        n = name.lower()
-        return [v for k, v in self.headers if k.lower() == n]
 
     def __repr__(self):
         return (f"<Recorded {self.method} {self.target} {self.version} conn={self.conn_id} "
