@@ -31,9 +31,135 @@ enum polis_hash_on {
     POLIS_HASH_COOKIE, /* hash_key names the cookie */
 };
 
+struct polis_header_kv {
+    char *name;
+    char *value;
+};
+
+/* One instance of a cluster: listed in the configuration (static discovery) or found by a
+ * discovery source (the same structure, built by the source). */
 struct polis_instance_cfg {
     struct polis_addr addr;
-    uint32_t weight; /* 1..10000, default 1 */
+    uint32_t weight;              /* 1..10000, default 1 */
+    char *id;                     /* NULL for static instances (their address names them) */
+    struct polis_header_kv *meta; /* metadata ("version": "v2", "zone": "a"), for subsets */
+    size_t num_meta;
+};
+
+/* Where a cluster's instances come from. */
+enum polis_discovery_kind {
+    POLIS_DISC_STATIC = 0, /* instances: in the configuration */
+    POLIS_DISC_REGISTRY,   /* the embedded registry (registry: enabled) */
+    POLIS_DISC_DNS,        /* A/AAAA or SRV records, re-resolved by TTL */
+    POLIS_DISC_ETCD,       /* keys under a prefix in etcd v3, followed with a watch */
+};
+
+enum polis_dns_type { POLIS_DNS_A = 0 /* A and AAAA */, POLIS_DNS_SRV };
+
+struct polis_discovery_cfg {
+    enum polis_discovery_kind kind;
+    char *service; /* REGISTRY: the service's name (default: the cluster's name) */
+    /* DNS */
+    char *dns_name;
+    enum polis_dns_type dns_type;
+    uint16_t dns_port;       /* A/AAAA: the instances' port (required) */
+    char *dns_server;        /* "127.0.0.1:5353"; NULL: the system's resolvers */
+    uint64_t dns_min_ttl_ms; /* re-resolve no sooner than this: 1 s */
+    uint64_t dns_max_ttl_ms; /* nor later than this, whatever the TTL: 30 s */
+    /* ETCD */
+    char **etcd_endpoints; /* "http://127.0.0.1:2379"; tried in turn */
+    size_t num_etcd_endpoints;
+    char *etcd_prefix; /* keys "<prefix><id>" hold JSON {"address","port","metadata"} */
+};
+
+/* Active HTTP health checks of every instance of a cluster. */
+struct polis_health_check_cfg {
+    bool enabled;
+    char *path;                   /* default "/health" */
+    char *host;                   /* Host header; NULL: the instance's address */
+    uint64_t interval_ms;         /* 5 s */
+    uint64_t timeout_ms;          /* 1 s */
+    uint64_t jitter_ms;           /* up to this much added to each interval: 10% of interval */
+    uint32_t healthy_threshold;   /* consecutive passes to become healthy: 2 */
+    uint32_t unhealthy_threshold; /* consecutive failures to become unhealthy: 3 */
+    uint16_t (*statuses)[2];      /* expected status ranges [lo, hi]; default one: 200-399 */
+    size_t num_statuses;
+};
+
+/* Passive outlier detection: instances that fail in a row are ejected for a while. */
+struct polis_outlier_cfg {
+    bool enabled;
+    uint32_t consecutive_5xx;              /* any 5xx answer or gateway error: 5 (0: off) */
+    uint32_t consecutive_gateway_errors;   /* 502/503/504 and connect/reset/timeout: 3 (0: off) */
+    uint32_t consecutive_connect_failures; /* connect failures only: 2 (0: off) */
+    uint64_t base_ejection_ms;             /* the n-th ejection in a row lasts n times this: 30 s */
+    uint64_t max_ejection_ms;              /* 300 s */
+    uint32_t max_ejection_percent;         /* of the cluster's instances: 50 */
+};
+
+enum polis_window_kind { POLIS_WINDOW_COUNT = 0, POLIS_WINDOW_TIME };
+
+/* A circuit breaker (closed, open, half-open). */
+struct polis_breaker_cfg {
+    bool enabled;
+    enum polis_window_kind window;
+    uint32_t window_size;          /* COUNT: calls (100); TIME: seconds (10) */
+    uint32_t min_calls;            /* no rate is judged on fewer calls: 20 */
+    uint32_t failure_rate;         /* percent of failed calls that opens it: 50 (0: off) */
+    uint32_t slow_call_rate;       /* percent of slow calls that opens it: 0 (off) */
+    uint64_t slow_call_ms;         /* a call slower than this is slow: 5 s */
+    uint32_t consecutive_failures; /* failures in a row that open it: 0 (off) */
+    uint64_t open_ms;              /* wait in open before half-open: 30 s */
+    uint32_t half_open_calls;      /* probes allowed in half-open: 3 */
+};
+
+/* What is retried, how often and how fast. */
+enum {
+    POLIS_RETRY_CONNECT = 1u << 0, /* connect failure (never reached the instance) */
+    POLIS_RETRY_RESET = 1u << 1,   /* reset or closed before any answer byte */
+    POLIS_RETRY_TIMEOUT = 1u << 2, /* per-try timeout before any answer byte */
+    POLIS_RETRY_STATUS = 1u << 3,  /* an answer whose status is in statuses */
+};
+
+struct polis_retry_cfg {
+    uint32_t attempts;  /* tries in all, the first included: 3 (1: no retries) */
+    uint32_t on;        /* POLIS_RETRY_* bits: connect|reset */
+    uint16_t *statuses; /* for POLIS_RETRY_STATUS, e.g. 503 */
+    size_t num_statuses;
+    uint64_t backoff_base_ms;    /* full jitter: sleep random [0, min(max, base * 2^n)): 25 ms */
+    uint64_t backoff_max_ms;     /* 250 ms */
+    uint64_t per_try_timeout_ms; /* 0: the route's or cluster's timeout */
+    uint64_t deadline_ms;        /* all tries together: 0 = none */
+    uint32_t budget_percent;     /* retries active at once at most this % of active requests: 20 */
+    uint32_t budget_min;         /* ... but always allow this many: 3 */
+};
+
+/* Matching a subset of a cluster's instances by metadata: every pair must be equal. */
+struct polis_subset_cfg {
+    struct polis_header_kv *match; /* NULL/0: every instance */
+    size_t num_match;
+};
+
+struct polis_split_cfg {
+    struct polis_subset_cfg subset;
+    uint32_t weight; /* 0..10000; the split's share is weight / sum of weights */
+};
+
+struct polis_fault_cfg {
+    uint64_t delay_ms;    /* 0: no delay */
+    double delay_percent; /* 0..100 */
+    int abort_status;     /* 0: no abort; else 200..599 */
+    double abort_percent; /* 0..100 */
+};
+
+struct polis_mirror_cfg {
+    bool enabled;
+    struct polis_subset_cfg subset; /* mirrored to these instances of the route's cluster */
+    double percent;                 /* of requests mirrored: 100 */
+    char **compare_headers;         /* response headers compared (case-insensitive) */
+    size_t num_compare_headers;
+    char **ignore_fields; /* JSON body fields ignored ("a.b" paths) */
+    size_t num_ignore_fields;
 };
 
 struct polis_cluster_cfg {
@@ -46,12 +172,18 @@ struct polis_cluster_cfg {
     uint32_t keepalive;          /* idle upstream connections kept per worker per instance */
     uint64_t connect_timeout_ms; /* default 2 s */
     uint64_t timeout_ms; /* upstream response timeout (first byte and between reads); 30 s */
-    int line;            /* where it was defined (0 for quick mode) */
-};
-
-struct polis_header_kv {
-    char *name;
-    char *value;
+    struct polis_discovery_cfg discovery;
+    struct polis_health_check_cfg health_check;
+    struct polis_outlier_cfg outlier;
+    struct polis_breaker_cfg breaker;          /* circuit_breaker: the whole cluster */
+    struct polis_breaker_cfg instance_breaker; /* instance_circuit_breaker: each instance */
+    struct polis_retry_cfg retry;
+    uint32_t panic_threshold; /* percent: below this share of available instances, use all: 50 */
+    /* Bulkheads, over all workers; 0: no cap. Past one: an immediate 503. */
+    uint32_t max_connections; /* upstream connections open */
+    uint32_t max_pending;     /* requests waiting for a new upstream connection */
+    uint32_t max_requests;    /* requests in flight */
+    int line;                 /* where it was defined (0 for quick mode) */
 };
 
 struct polis_header_ops {
@@ -90,8 +222,19 @@ struct polis_route_cfg {
     char *rewrite;        /* NULL or a replacement for the matched path part (prefix or whole) */
     struct polis_header_ops request_headers;
     struct polis_header_ops response_headers;
-    uint64_t max_body;   /* 0: the global limit */
-    uint64_t timeout_ms; /* 0: the cluster's */
+    uint64_t max_body;                  /* 0: the global limit */
+    uint64_t timeout_ms;                /* 0: the cluster's */
+    struct polis_header_match *cookies; /* match: cookie values (NULL value: present) */
+    size_t num_cookies;
+    /* traffic: at most one of subset and splits */
+    struct polis_subset_cfg subset; /* only these instances of the cluster */
+    struct polis_split_cfg *splits; /* weighted subsets */
+    size_t num_splits;
+    struct polis_fault_cfg fault;
+    struct polis_mirror_cfg mirror;
+    struct polis_retry_cfg *retry; /* NULL: the cluster's */
+    bool retry_idempotency_key; /* a non-idempotent request with Idempotency-Key may be retried */
+    uint32_t max_concurrent;    /* requests in flight on this route (all workers); 0: no cap */
     int line;
 };
 
@@ -118,6 +261,14 @@ struct polis_tracing_cfg {
     double sample_ratio; /* new traces: 0..1, default 0.1; a parent's decision wins */
 };
 
+/* The embedded registry: its REST API on the admin listener. */
+struct polis_registry_cfg {
+    bool enabled;
+    uint64_t default_ttl_ms; /* an instance registered without ttl_s: 30 s */
+    uint64_t max_ttl_ms;     /* longest ttl_s accepted: 1 h */
+    uint64_t max_wait_ms;    /* longest long poll (?wait=): 5 min */
+};
+
 struct polis_config {
     char *source; /* file path, or "command line" */
     int workers;  /* 0: number of cores */
@@ -132,6 +283,7 @@ struct polis_config {
     struct polis_limits_cfg limits;
     struct polis_timeouts_cfg timeouts;
     struct polis_tracing_cfg tracing;
+    struct polis_registry_cfg registry;
     struct polis_cluster_cfg *clusters;
     size_t num_clusters;
     struct polis_route_cfg *routes;
