@@ -21,3 +21,16 @@ bool polis__instances_equal(const struct polis_instance_cfg *a, size_t na,
                             const struct polis_instance_cfg *b, size_t nb);
 
 #endif
+
+#include <jansson.h>
+/* Read one instance from the JSON the registry API and etcd values use:
+ * {"address": "127.0.0.1", "port": 9001, "metadata": {"version": "v2", "weight": 100}}.
+ * address: a numeric IPv4 or IPv6 address; port: 1..65535; metadata: string or number values
+ * (numbers kept as their decimal text); "weight" in metadata (1..10000) sets the instance's
+ * weight (default 1). Other top-level members are ignored. id is copied into out->id.
+ * Returns 0 and fills out (free with polis__instances_free(out, 1) semantics:
+ * polis__instance_clear), or POLIS_EINVAL with "field: what was expected" in err. */
+int polis__instance_from_json(const json_t *j, const char *id, struct polis_instance_cfg *out,
+                              char *err, size_t errcap);
+/* Free what one instance holds (not the instance itself) and zero it. */
+void polis__instance_clear(struct polis_instance_cfg *in);
