@@ -66,10 +66,12 @@ static struct gw_snapshot *snapshot(void)
     if (s == NULL) {
         struct polis_config *cfg;
         struct polis_config_errors errs = {0};
-        if (polis__gw_metrics_init(&gw.metrics, &gw) < 0 ||
+        gw.snap_workers = 1;
+        if (polis__gw_metrics_init(&gw.metrics, &gw) < 0 || polis__upstream_init(&gw) < 0 ||
             polis__config_load_string(config_yaml, sizeof(config_yaml) - 1, "fuzz", &cfg, &errs) <
                 0 ||
-            polis__snapshot_new(cfg, 1, 1, &gw.metrics, &s) < 0)
+            (gw.cref = polis__cfgref_new(cfg)) == NULL ||
+            polis__snapshot_new(&gw, gw.cref, 1, &s) < 0)
             abort();
     }
     return s;

@@ -3,6 +3,7 @@
 #include <polis/core.h>
 #include <polis/http.h>
 #include <polis/metrics.h>
+#include <polis/registry.h>
 #include <polis/trace.h>
 
 #include <getopt.h>
@@ -250,14 +251,50 @@ static void handle(const struct polis_request *req, struct polis_response *res, 
 
 static void usage(FILE *to)
 {
-    fprintf(to, "usage: polis-example-hello [--listen HOST:PORT] [--name NAME] [--threads N]\n"
-                "                           [--next URL] [--trace-endpoint URL]\n"
-                "  --listen          address to serve on (default 127.0.0.1:9001)\n"
-                "  --name            instance name in the answers (default hello)\n"
-                "  --threads         event-loop threads (default 1)\n"
-                "  --next            base URL that GET /chain calls (http://127.0.0.1:9002)\n"
-                "  --trace-endpoint  OTLP/HTTP JSON collector to send traces to\n"
-                "                    (http://127.0.0.1:4318/v1/traces); none: no tracing\n");
+    fprintf(to,
+            "usage: polis-example-hello [--listen HOST:PORT] [--name NAME] [--threads N]\n"
+            "                           [--next URL] [--trace-endpoint URL]\n"
+            "                           [--register URL [--service NAME] [--id ID]\n"
+            "                            [--metadata KEY=VALUE]... [--ttl SECONDS]\n"
+            "                            [--registry-token TOKEN]]\n"
+            "  --listen          address to serve on (default 127.0.0.1:9001)\n"
+            "  --name            instance name in the answers (default hello)\n"
+            "  --threads         event-loop threads (default 1)\n"
+            "  --next            base URL that GET /chain calls (http://127.0.0.1:9002)\n"
+            "  --trace-endpoint  OTLP/HTTP JSON collector to send traces to\n"
+            "                    (http://127.0.0.1:4318/v1/traces); none: no tracing\n"
+            "  --register        the gateway's admin listener (http://127.0.0.1:9901): register\n"
+            "                    there at start, heartbeat, and deregister on SIGTERM or SIGINT\n"
+            "                    before the drain; none: no registration\n"
+            "  --service         service name to register under (default hello)\n"
+            "  --id              instance id (default SERVICE-HOSTNAME-PORT)\n"
+            "  --metadata        instance metadata, repeatable (--metadata version=v2\n"
+            "                    --metadata weight=100)\n"
+            "  --ttl             seconds the registry keeps the instance without a heartbeat\n"
+            "                    (1..3600, default 10; heartbeats every ttl/3)\n"
+            "  --registry-token  bearer token of the admin listener, when it wants one\n"
+            "The registered address is the --listen host, or 127.0.0.1 when it listens on\n"
+            "every address.\n");
+}
+
+#define MAX_METADATA 64
+
+/* The address the gateway reaches us on: the host of listen ("127.0.0.1:9001", "[::1]:9001"),
+ * or 127.0.0.1 when it is empty or a wildcard (":9001", "0.0.0.0:9001"). Into buf. */
+static const char *advertised_address(const char *listen, char *buf, size_t cap)
+{
+    const char *colon = strrchr(listen, ':');
+    size_t n = colon != NULL ? (size_t)(colon - listen) : strlen(listen);
+    if (n >= 2 && listen[0] == '[' && listen[n - 1] == ']') {
+        listen++;
+        n -= 2;
+    }
+    if (n == 0 || n >= cap)
+        return "127.0.0.1";
+    snprintf(buf, cap, "%.*s", (int)n, listen);
+    if (strcmp(buf, "0.0.0.0") == 0 || strcmp(buf, "::") == 0)
+        return "127.0.0.1";
+    return buf;
 }
 
 int main(int argc, char **argv)
@@ -268,6 +305,12 @@ int main(int argc, char **argv)
         {"threads", required_argument, NULL, 't'},
         {"next", required_argument, NULL, 'x'},
         {"trace-endpoint", required_argument, NULL, 'e'},
+        {"register", required_argument, NULL, 'r'},
+        {"service", required_argument, NULL, 's'},
+        {"id", required_argument, NULL, 'i'},
+        {"metadata", required_argument, NULL, 'm'},
+        {"ttl", required_argument, NULL, 'T'},
+        {"registry-token", required_argument, NULL, 'k'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -275,8 +318,15 @@ int main(int argc, char **argv)
     struct service svc = {.name = "hello"};
     const char *trace_endpoint = NULL;
     long threads = 1;
+    /* Registration: NULL registry, no registration. metadata holds key, value, ..., NULL; the
+     * keys are copies (the values point into argv after the '='). */
+    struct polis_registration_opts ropts = {.service = "hello"};
+    const char *metadata[2 * MAX_METADATA + 1] = {NULL};
+    char *meta_keys[MAX_METADATA] = {NULL};
+    size_t num_meta = 0;
+    int exit_code = 0;
     int opt;
-    while ((opt = getopt_long(argc, argv, "l:n:t:x:e:h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "l:n:t:x:e:r:s:i:m:T:k:h", options, NULL)) != -1) {
         char *end;
         switch (opt) {
         case 'l':
@@ -291,31 +341,84 @@ int main(int argc, char **argv)
         case 'e':
             trace_endpoint = optarg;
             break;
+        case 'r':
+            ropts.registry = optarg;
+            break;
+        case 's':
+            ropts.service = optarg;
+            break;
+        case 'i':
+            ropts.id = optarg;
+            break;
+        case 'k':
+            ropts.token = optarg;
+            break;
+        case 'm': {
+            const char *eq = strchr(optarg, '=');
+            if (eq == NULL || eq == optarg || num_meta == MAX_METADATA) {
+                fprintf(stderr, "polis-example-hello: --metadata wants KEY=VALUE (at most %d)\n",
+                        MAX_METADATA);
+                exit_code = 2;
+                goto out_meta;
+            }
+            meta_keys[num_meta] = strndup(optarg, (size_t)(eq - optarg));
+            if (meta_keys[num_meta] == NULL) {
+                fprintf(stderr, "polis-example-hello: out of memory\n");
+                exit_code = 1;
+                goto out_meta;
+            }
+            metadata[2 * num_meta] = meta_keys[num_meta];
+            metadata[2 * num_meta + 1] = eq + 1;
+            num_meta++;
+            break;
+        }
+        case 'T': {
+            long ttl = strtol(optarg, &end, 10);
+            if (*optarg == '\0' || *end != '\0' || ttl < 1 || ttl > 3600) {
+                fprintf(stderr, "polis-example-hello: --ttl wants 1..3600 seconds\n");
+                exit_code = 2;
+                goto out_meta;
+            }
+            ropts.ttl_s = (uint32_t)ttl;
+            break;
+        }
         case 't':
             threads = strtol(optarg, &end, 10);
             if (*optarg == '\0' || *end != '\0' || threads < 1 || threads > 256) {
                 fprintf(stderr, "polis-example-hello: --threads wants 1..256\n");
-                return 2;
+                exit_code = 2;
+                goto out_meta;
             }
             break;
         case 'h':
             usage(stdout);
-            return 0;
+            goto out_meta;
         default:
             usage(stderr);
-            return 2;
+            exit_code = 2;
+            goto out_meta;
         }
     }
     if (optind != argc) {
         usage(stderr);
-        return 2;
+        exit_code = 2;
+        goto out_meta;
     }
+    if (ropts.registry == NULL && (ropts.id != NULL || ropts.token != NULL || num_meta > 0 ||
+                                   ropts.ttl_s != 0 || strcmp(ropts.service, "hello") != 0)) {
+        fprintf(stderr, "polis-example-hello: --service, --id, --metadata, --ttl and "
+                        "--registry-token go with --register\n");
+        exit_code = 2;
+        goto out_meta;
+    }
+    ropts.metadata = num_meta > 0 ? metadata : NULL;
 
     /* The server counts requests in this registry and serves it on GET /metrics. */
     struct polis_metrics *metrics = polis_metrics_new();
     if (metrics == NULL) {
         polis_error("hello: out of memory");
-        return 1;
+        exit_code = 1;
+        goto out_meta;
     }
     /* Traces: every request continues its caller's trace (parent-based: the caller's sampling
      * decision wins; new traces are all sampled), and GET /chain's call carries it on. */
@@ -329,8 +432,8 @@ int main(int argc, char **argv)
         int rc = polis_tracer_start(&topts, &tracer);
         if (rc < 0) {
             polis_error("hello: cannot trace to %s: %s", trace_endpoint, polis_strerror(rc));
-            polis_metrics_free(metrics);
-            return rc == POLIS_EINVAL ? 2 : 1;
+            exit_code = rc == POLIS_EINVAL ? 2 : 1;
+            goto out_metrics;
         }
     }
     struct polis_server_opts opts = {
@@ -345,20 +448,42 @@ int main(int argc, char **argv)
     int rc = polis_server_start(&opts, &srv);
     if (rc < 0) {
         polis_error("hello: cannot serve on %s: %s", listen, polis_strerror(rc));
-        if (tracer != NULL)
-            polis_tracer_stop(tracer);
-        polis_metrics_free(metrics);
-        return 1;
+        exit_code = 1;
+        goto out_tracer;
     }
     polis_info("hello: instance %s listening on %s (port %d, %ld thread%s)", svc.name, listen,
                polis_server_port(srv), threads, threads == 1 ? "" : "s");
 
+    /* Register once the port is known. An unreachable registry is not fatal (the registration
+     * goes on in the background); options the registry or libpolis refuse are. */
+    struct polis_registration *reg = NULL;
+    char addr[64];
+    if (ropts.registry != NULL) {
+        ropts.address = advertised_address(listen, addr, sizeof(addr));
+        ropts.port = polis_server_port(srv);
+        rc = polis_register(&ropts, &reg);
+        if (rc < 0) {
+            polis_error("hello: cannot register with %s: %s", ropts.registry, polis_strerror(rc));
+            polis_server_stop(srv);
+            exit_code = rc == POLIS_EINVAL ? 2 : 1;
+            goto out_tracer;
+        }
+    }
+
     int sig = polis_wait_for_shutdown_signal();
     polis_info("hello: %s received, stopping", sig == SIGINT ? "SIGINT" : "SIGTERM");
+    /* Deregister first, so that the gateway stops sending requests, then drain the server. */
+    polis_deregister(reg);
     polis_server_stop(srv);
+    polis_info("hello: stopped");
+
+out_tracer:
     if (tracer != NULL)
         polis_tracer_stop(tracer); /* after the server: its last spans are exported */
+out_metrics:
     polis_metrics_free(metrics);
-    polis_info("hello: stopped");
-    return 0;
+out_meta:
+    for (size_t i = 0; i < num_meta; i++)
+        free(meta_keys[i]);
+    return exit_code;
 }

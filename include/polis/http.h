@@ -154,10 +154,39 @@ POLIS_API int polis_response_body(struct polis_response *res, const void *data, 
 POLIS_API int polis_response_printf(struct polis_response *res, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
-/* Called on a server thread for each complete request; it fills res and returns. It may block
- * briefly (it holds up only its own thread's connections). */
+/* Called on a server thread for each complete request; it fills res and returns, or defers
+ * the answer (polis_response_defer). It may block briefly (it holds up only its own thread's
+ * connections). */
 typedef void (*polis_handler_fn)(const struct polis_request *req, struct polis_response *res,
                                  void *ud);
+
+/* A request whose answer comes later, from any thread (long polls, work handed to a pool). */
+struct polis_deferred;
+
+/* In a handler: keep the request open and answer it later with polis_deferred_finish(). The
+ * handler returns at once; what it put or puts in res is dropped, and req's views still end when
+ * it returns (copy what the answer needs). Meanwhile the connection runs no header or idle
+ * timeout, and requests pipelined behind this one wait (they are answered in order after it).
+ * A client that closes, or only shuts down its sending side, meanwhile is taken as gone: its
+ * connection is freed and the answer, when finished, is dropped.
+ * polis_server_stop() answers requests still deferred then with 503 (error "shutting_down",
+ * Connection: close) at once rather than waiting for them.
+ * Loop thread (inside the handler) only. Returns the request's handle, owned by the caller until
+ * it passes it to polis_deferred_finish() (which must happen exactly once, even after the client
+ * left or the server stopped), or NULL when the request cannot be deferred: a second call, a
+ * call after the handler returned, the server stopping, out of memory; the handler then answers
+ * in res as usual. */
+POLIS_API struct polis_deferred *polis_response_defer(struct polis_response *res);
+
+/* Once per deferred request, from any thread (the handler's own included): send the answer and
+ * free d. status: 200..999 (else a 500 goes instead); headers: NULL or a NULL-terminated array of
+ * "Name: value" strings, taken as polis_response_header() takes them (a malformed one is dropped
+ * with a warning); body: len bytes (NULL when len is 0). Everything is copied before it returns.
+ * The answer is handed to the connection's loop thread, which sends it; if the client went away
+ * or the server stopped meanwhile, it only frees d. Metrics and the request's span are recorded
+ * when the answer is sent (their duration runs from the request to the answer). */
+POLIS_API void polis_deferred_finish(struct polis_deferred *d, int status,
+                                     const char *const *headers, const void *body, size_t len);
 
 struct polis_server_opts {
     const char *listen;         /* "host:port" ("127.0.0.1:8081", "[::1]:80", ":8080") */

@@ -30,6 +30,12 @@
 #define MAX_FILE (8u << 20)          /* a configuration file: 8 MiB */
 #define MAX_DEPTH 64                 /* YAML nesting */
 #define MAX_NODES 1000000            /* YAML nodes */
+#define MAX_COUNT 1000000            /* failure counts, thresholds, budget_min, minimum_calls */
+#define MAX_ATTEMPTS 10              /* retry.attempts */
+#define MAX_WINDOW_CALLS 100000      /* a breaker's count window */
+#define MAX_WINDOW_SECONDS 3600      /* a breaker's time window */
+#define MAX_HALF_OPEN 10000          /* a breaker's half-open probes */
+#define MAX_THRESHOLD 1000           /* health check thresholds */
 
 enum unit { UNIT_NUM, UNIT_MS, UNIT_BYTES };
 
@@ -305,6 +311,23 @@ static bool is_header_value(const char *s)
 }
 
 /* "api.example.com" or "*.example.com": labels of [A-Za-z0-9-_], dot separated. */
+static bool is_host(const char *s);
+
+/* A DNS name, which may end in one dot (a fully qualified name, asked once instead of once per
+ * search domain). */
+static bool dns_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 2 || s[n - 1] != '.')
+        return is_host(s);
+    char buf[256];
+    if (n > sizeof(buf) || s[n - 2] == '.')
+        return false;
+    memcpy(buf, s, n - 1);
+    buf[n - 1] = '\0';
+    return is_host(buf);
+}
+
 static bool is_host(const char *s)
 {
     if (!s || !*s)
@@ -414,6 +437,40 @@ void polis__config_defaults(struct polis_config *cfg)
     cfg->timeouts.idle_ms = 60000;
     cfg->timeouts.request_ms = 0;
     cfg->timeouts.drain_ms = 30000;
+    cfg->registry.enabled = false;
+    cfg->registry.default_ttl_ms = 30000;
+    cfg->registry.max_ttl_ms = 3600000;
+    cfg->registry.max_wait_ms = 300000;
+}
+
+/* The default retry policy: 3 tries on connect failures and resets, 25..250 ms full-jitter
+ * backoff, a budget of 20% of active requests (at least 3). */
+static void retry_defaults(struct polis_retry_cfg *r)
+{
+    memset(r, 0, sizeof(*r));
+    r->attempts = 3;
+    r->on = POLIS_RETRY_CONNECT | POLIS_RETRY_RESET;
+    r->backoff_base_ms = 25;
+    r->backoff_max_ms = 250;
+    r->per_try_timeout_ms = 0;
+    r->deadline_ms = 0;
+    r->budget_percent = 20;
+    r->budget_min = 3;
+}
+
+/* A breaker's defaults (disabled until its section is present). */
+static void breaker_defaults(struct polis_breaker_cfg *b)
+{
+    memset(b, 0, sizeof(*b));
+    b->window = POLIS_WINDOW_COUNT;
+    b->window_size = 100;
+    b->min_calls = 20;
+    b->failure_rate = 50;
+    b->slow_call_rate = 0;
+    b->slow_call_ms = 5000;
+    b->consecutive_failures = 0;
+    b->open_ms = 30000;
+    b->half_open_calls = 3;
 }
 
 static void cluster_defaults(struct polis_cluster_cfg *c)
@@ -424,6 +481,71 @@ static void cluster_defaults(struct polis_cluster_cfg *c)
     c->keepalive = 64;
     c->connect_timeout_ms = 2000;
     c->timeout_ms = 30000;
+    c->discovery.kind = POLIS_DISC_STATIC;
+    c->discovery.dns_type = POLIS_DNS_A;
+    c->discovery.dns_min_ttl_ms = 1000;
+    c->discovery.dns_max_ttl_ms = 30000;
+    /* Health checks, outlier detection and breakers are off unless their section is present;
+     * their numbers are the defaults a present section starts from. path and statuses are set
+     * when the section is read. */
+    c->health_check.interval_ms = 5000;
+    c->health_check.timeout_ms = 1000;
+    c->health_check.jitter_ms = 500;
+    c->health_check.healthy_threshold = 2;
+    c->health_check.unhealthy_threshold = 3;
+    c->outlier.consecutive_5xx = 5;
+    c->outlier.consecutive_gateway_errors = 3;
+    c->outlier.consecutive_connect_failures = 2;
+    c->outlier.base_ejection_ms = 30000;
+    c->outlier.max_ejection_ms = 300000;
+    c->outlier.max_ejection_percent = 50;
+    breaker_defaults(&c->breaker);
+    breaker_defaults(&c->instance_breaker);
+    retry_defaults(&c->retry);
+    c->panic_threshold = 50;
+    c->max_connections = 0;
+    c->max_pending = 0;
+    c->max_requests = 0;
+}
+
+static void strv_free(char ***v, size_t *n)
+{
+    for (size_t i = 0; *v && i < *n; i++)
+        free((*v)[i]);
+    free(*v);
+    *v = NULL;
+    *n = 0;
+}
+
+static void kv_free(struct polis_header_kv **v, size_t *n)
+{
+    for (size_t i = 0; *v && i < *n; i++) {
+        free((*v)[i].name);
+        free((*v)[i].value);
+    }
+    free(*v);
+    *v = NULL;
+    *n = 0;
+}
+
+static void cluster_free(struct polis_cluster_cfg *c)
+{
+    free(c->name);
+    free(c->hash_key);
+    for (size_t i = 0; c->instances && i < c->num_instances; i++) {
+        free(c->instances[i].id);
+        kv_free(&c->instances[i].meta, &c->instances[i].num_meta);
+    }
+    free(c->instances);
+    free(c->discovery.service);
+    free(c->discovery.dns_name);
+    free(c->discovery.dns_server);
+    strv_free(&c->discovery.etcd_endpoints, &c->discovery.num_etcd_endpoints);
+    free(c->discovery.etcd_prefix);
+    free(c->health_check.path);
+    free(c->health_check.host);
+    free(c->health_check.statuses);
+    free(c->retry.statuses);
 }
 
 static void header_ops_free(struct polis_header_ops *o)
@@ -449,12 +571,8 @@ void polis__config_free(struct polis_config *cfg)
     free(cfg->admin_token);
     free(cfg->tracing.endpoint);
     free(cfg->tracing.service_name);
-    for (size_t i = 0; cfg->clusters && i < cfg->num_clusters; i++) {
-        struct polis_cluster_cfg *c = &cfg->clusters[i];
-        free(c->name);
-        free(c->hash_key);
-        free(c->instances);
-    }
+    for (size_t i = 0; cfg->clusters && i < cfg->num_clusters; i++)
+        cluster_free(&cfg->clusters[i]);
     free(cfg->clusters);
     for (size_t i = 0; cfg->routes && i < cfg->num_routes; i++) {
         struct polis_route_cfg *r = &cfg->routes[i];
@@ -473,6 +591,21 @@ void polis__config_free(struct polis_config *cfg)
         free(r->rewrite);
         header_ops_free(&r->request_headers);
         header_ops_free(&r->response_headers);
+        for (size_t j = 0; r->cookies && j < r->num_cookies; j++) {
+            free(r->cookies[j].name);
+            free(r->cookies[j].value);
+        }
+        free(r->cookies);
+        kv_free(&r->subset.match, &r->subset.num_match);
+        for (size_t j = 0; r->splits && j < r->num_splits; j++)
+            kv_free(&r->splits[j].subset.match, &r->splits[j].subset.num_match);
+        free(r->splits);
+        kv_free(&r->mirror.subset.match, &r->mirror.subset.num_match);
+        strv_free(&r->mirror.compare_headers, &r->mirror.num_compare_headers);
+        strv_free(&r->mirror.ignore_fields, &r->mirror.num_ignore_fields);
+        if (r->retry)
+            free(r->retry->statuses);
+        free(r->retry);
     }
     free(cfg->routes);
     free(cfg);
@@ -644,6 +777,507 @@ static void validate_header_ops(struct diag *d, const struct polis_header_ops *o
     }
 }
 
+/* A numeric IPv4 or bracketed IPv6 address with a non-zero port ("127.0.0.1:5353",
+ * "[::1]:53"): what a DNS resolver is given. Fills out; returns false otherwise. */
+static bool numeric_addr(const char *s, struct polis_addr *out)
+{
+    char host[64];
+    const char *end;
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    if (!s)
+        return false;
+    if (s[0] == '[') {
+        end = strchr(s, ']');
+        if (!end || (size_t)(end - s - 1) >= sizeof(host))
+            return false;
+        memcpy(host, s + 1, (size_t)(end - s - 1));
+        host[end - s - 1] = 0;
+        if (inet_pton(AF_INET6, host, buf) != 1)
+            return false;
+    } else {
+        end = strrchr(s, ':');
+        if (!end || (size_t)(end - s) >= sizeof(host))
+            return false;
+        memcpy(host, s, (size_t)(end - s));
+        host[end - s] = 0;
+        if (inet_pton(AF_INET, host, buf) != 1)
+            return false;
+    }
+    if (polis__addr_parse(s, out) < 0)
+        return false;
+    if (out->ss.ss_family == AF_INET)
+        return ((const struct sockaddr_in *)&out->ss)->sin_port != 0;
+    return ((const struct sockaddr_in6 *)&out->ss)->sin6_port != 0;
+}
+
+/* "http://" and a non-empty host part, without spaces or control characters. */
+static bool is_http_url(const char *s)
+{
+    if (!s || strncmp(s, "http://", 7) != 0 || s[7] == 0 || s[7] == '/')
+        return false;
+    for (const char *c = s; *c; c++) {
+        if ((unsigned char)*c <= 0x20 || (unsigned char)*c == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* Text without spaces or control characters (a Host header, a path). */
+static bool is_visible(const char *s)
+{
+    if (!s || !*s)
+        return false;
+    for (; *s; s++) {
+        if ((unsigned char)*s <= 0x20 || (unsigned char)*s == 0x7f)
+            return false;
+    }
+    return true;
+}
+
+/* A JSON field path: names separated by single dots ("meta.id"). */
+static bool is_field_path(const char *s)
+{
+    if (!s || !*s || s[0] == '.')
+        return false;
+    for (; *s; s++) {
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s == 0x7f)
+            return false;
+        if (s[0] == '.' && (s[1] == '.' || s[1] == 0))
+            return false;
+    }
+    return true;
+}
+
+/* A subset as "{version: v2, zone: a}" for messages. */
+static void subset_text(const struct polis_subset_cfg *s, char *out, size_t cap)
+{
+    size_t o = 0;
+    int n = snprintf(out, cap, "{");
+    o = n > 0 ? (size_t)n : 0;
+    for (size_t i = 0; s->match && i < s->num_match && o < cap; i++) {
+        n = snprintf(out + o, cap - o, "%s%s: %s", i ? ", " : "",
+                     s->match[i].name ? s->match[i].name : "?",
+                     s->match[i].value ? s->match[i].value : "?");
+        if (n < 0)
+            break;
+        o += (size_t)n;
+    }
+    if (o < cap)
+        snprintf(out + o, cap - o, "}");
+}
+
+/* Whether every pair of the subset is in the instance's metadata. */
+static bool subset_matches(const struct polis_subset_cfg *s, const struct polis_instance_cfg *in)
+{
+    for (size_t i = 0; i < s->num_match; i++) {
+        const struct polis_header_kv *want = &s->match[i];
+        bool found = false;
+        for (size_t k = 0; in->meta && k < in->num_meta && !found; k++) {
+            found = want->name && want->value && in->meta[k].name && in->meta[k].value &&
+                    strcmp(in->meta[k].name, want->name) == 0 &&
+                    strcmp(in->meta[k].value, want->value) == 0;
+        }
+        if (!found)
+            return false;
+    }
+    return true;
+}
+
+/* Check a subset's keys (names) and values (non-empty). Returns false when it is malformed. */
+static bool validate_subset(struct diag *d, const struct polis_subset_cfg *s, const char *path,
+                            int fallback)
+{
+    char q[96];
+    int sl = line_of(d, s, fallback);
+    bool ok = true;
+
+    if (reported(d, s))
+        return false;
+    if (s->num_match && !s->match) {
+        diag_add(d, sl, "%s: count without a list; expected a mapping", path);
+        return false;
+    }
+    for (size_t i = 0; i < s->num_match; i++) {
+        const struct polis_header_kv *kv = &s->match[i];
+        int line = line_of(d, kv, sl);
+        if (reported(d, kv)) {
+            ok = false;
+            continue;
+        }
+        if (!cfg_is_name(kv->name)) {
+            diag_quote(kv->name ? kv->name : "", kv->name ? strlen(kv->name) : 0, q, sizeof(q));
+            diag_add(d, line,
+                     "%s: key %s; expected a metadata key of letters, digits, '_', '.' or '-'",
+                     path, q);
+            ok = false;
+        } else if (!kv->value || !*kv->value) {
+            diag_add(d, line, "%s.%s: empty value; expected a non-empty value", path, kv->name);
+            ok = false;
+        }
+    }
+    return ok;
+}
+
+/* A route's subset against a static cluster: some instance must carry it. */
+static void subset_in_cluster(struct diag *d, const struct polis_subset_cfg *s,
+                              const struct polis_cluster_cfg *c, const struct polis_route_cfg *r,
+                              const char *path, int fallback)
+{
+    char text[256];
+
+    if (s->num_match == 0 || c->discovery.kind != POLIS_DISC_STATIC || !c->instances)
+        return;
+    for (size_t i = 0; i < c->num_instances; i++) {
+        if (subset_matches(s, &c->instances[i]))
+            return;
+    }
+    subset_text(s, text, sizeof(text));
+    diag_add(d, line_of(d, s, fallback),
+             "%s: route '%s' selects %s but no instance of cluster '%s' has that metadata; "
+             "expected a subset that matches at least one of its instances",
+             path, r->name ? r->name : "?", text, c->name ? c->name : "?");
+}
+
+/* Where a duration pair is out of order: "a: X is longer than b Y; expected at most b". */
+static void ms_order(struct diag *d, const uint64_t *lo, const uint64_t *hi, int fallback,
+                     const char *path, const char *lo_name, const char *hi_name)
+{
+    char a[32], b[32];
+    if (reported(d, lo) || reported(d, hi) || *lo <= *hi)
+        return;
+    diag_ms(*lo, a, sizeof(a));
+    diag_ms(*hi, b, sizeof(b));
+    diag_add(d, line_of(d, lo, line_of(d, hi, fallback)),
+             "%s.%s: %s is longer than %s %s; expected at most %s", path, lo_name, a, hi_name, b,
+             hi_name);
+}
+
+/* A percentage held as a double (fault and mirror). */
+static void pct_check(struct diag *d, const double *v, int fallback, const char *path)
+{
+    if (reported(d, v) || (*v >= 0 && *v <= 100))
+        return;
+    diag_add(d, line_of(d, v, fallback), "%s: found %g, out of range; expected 0..100", path, *v);
+}
+
+static void validate_retry(struct diag *d, struct polis_retry_cfg *r, const char *path,
+                           int fallback)
+{
+    char p2[192];
+    int rl = line_of(d, &r->attempts, fallback);
+
+    snprintf(p2, sizeof(p2), "%s.attempts", path);
+    RANGE(d, &r->attempts, rl, p2, r->attempts, 1, MAX_ATTEMPTS, UNIT_NUM);
+    if (!reported(d, &r->on)) {
+        int ol = line_of(d, &r->on, rl);
+        uint32_t all =
+            POLIS_RETRY_CONNECT | POLIS_RETRY_RESET | POLIS_RETRY_TIMEOUT | POLIS_RETRY_STATUS;
+        if (r->on & ~all)
+            diag_add(d, ol, "%s.on: unknown condition bits 0x%x; expected POLIS_RETRY_* bits", path,
+                     (unsigned)(r->on & ~all));
+        if ((r->on & POLIS_RETRY_STATUS) && (r->num_statuses == 0 || !r->statuses))
+            diag_add(d, ol,
+                     "%s.on: retries on a status but lists none; expected status numbers "
+                     "from 500 to 599",
+                     path);
+        else if (!(r->on & POLIS_RETRY_STATUS) && r->num_statuses)
+            diag_add(d, ol,
+                     "%s.on: lists statuses without the status condition; expected "
+                     "POLIS_RETRY_STATUS with them",
+                     path);
+        for (size_t i = 0; r->statuses && i < r->num_statuses; i++) {
+            if (r->statuses[i] < 500 || r->statuses[i] > 599)
+                diag_add(d, ol, "%s.on: status %u; expected a status from 500 to 599", path,
+                         (unsigned)r->statuses[i]);
+        }
+    }
+    snprintf(p2, sizeof(p2), "%s.backoff_base", path);
+    RANGE(d, &r->backoff_base_ms, rl, p2, r->backoff_base_ms, 0, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.backoff_max", path);
+    RANGE(d, &r->backoff_max_ms, rl, p2, r->backoff_max_ms, 0, MAX_MS, UNIT_MS);
+    ms_order(d, &r->backoff_base_ms, &r->backoff_max_ms, rl, path, "backoff_base", "backoff_max");
+    snprintf(p2, sizeof(p2), "%s.per_try_timeout", path);
+    RANGE(d, &r->per_try_timeout_ms, rl, p2, r->per_try_timeout_ms, 0, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.deadline", path);
+    RANGE(d, &r->deadline_ms, rl, p2, r->deadline_ms, 0, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.budget_percent", path);
+    RANGE(d, &r->budget_percent, rl, p2, r->budget_percent, 0, 100, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.budget_min", path);
+    RANGE(d, &r->budget_min, rl, p2, r->budget_min, 0, MAX_COUNT, UNIT_NUM);
+}
+
+static void validate_breaker(struct diag *d, const struct polis_breaker_cfg *b, const char *path,
+                             int fallback)
+{
+    char p2[192];
+    int bl = line_of(d, &b->enabled, fallback);
+
+    if (!b->enabled || reported(d, &b->enabled))
+        return;
+    if ((unsigned)b->window > POLIS_WINDOW_TIME) {
+        diag_add(d, line_of(d, &b->window, bl),
+                 "%s.window: unknown kind %d; expected count or time", path, (int)b->window);
+        return;
+    }
+    bool count = b->window == POLIS_WINDOW_COUNT;
+    snprintf(p2, sizeof(p2), "%s.window_size", path);
+    RANGE(d, &b->window_size, bl, p2, b->window_size, 1,
+          count ? MAX_WINDOW_CALLS : MAX_WINDOW_SECONDS, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.minimum_calls", path);
+    RANGE(d, &b->min_calls, bl, p2, b->min_calls, 1, MAX_COUNT, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.failure_rate", path);
+    RANGE(d, &b->failure_rate, bl, p2, b->failure_rate, 0, 100, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.slow_call_rate", path);
+    RANGE(d, &b->slow_call_rate, bl, p2, b->slow_call_rate, 0, 100, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.slow_call_duration", path);
+    RANGE(d, &b->slow_call_ms, bl, p2, b->slow_call_ms, 1, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.consecutive_failures", path);
+    RANGE(d, &b->consecutive_failures, bl, p2, b->consecutive_failures, 0, MAX_COUNT, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.open_duration", path);
+    RANGE(d, &b->open_ms, bl, p2, b->open_ms, 1, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.half_open_calls", path);
+    RANGE(d, &b->half_open_calls, bl, p2, b->half_open_calls, 1, MAX_HALF_OPEN, UNIT_NUM);
+    if (count && !reported(d, &b->min_calls) && !reported(d, &b->window_size) &&
+        b->window_size >= 1 && b->min_calls > b->window_size)
+        diag_add(d, line_of(d, &b->min_calls, line_of(d, &b->window_size, bl)),
+                 "%s.minimum_calls: %u is more than window_size %u; expected at most "
+                 "window_size (a count window never holds more calls)",
+                 path, (unsigned)b->min_calls, (unsigned)b->window_size);
+    if (b->failure_rate == 0 && b->slow_call_rate == 0 && b->consecutive_failures == 0 &&
+        !reported(d, &b->failure_rate) && !reported(d, &b->slow_call_rate) &&
+        !reported(d, &b->consecutive_failures))
+        diag_add(d, bl,
+                 "%s: nothing can open it; expected failure_rate, slow_call_rate or "
+                 "consecutive_failures above 0 (or enabled: false)",
+                 path);
+}
+
+static void validate_health(struct diag *d, struct polis_health_check_cfg *h, const char *path,
+                            int fallback)
+{
+    char p2[192], q[96];
+    int hl = line_of(d, &h->enabled, fallback);
+
+    if (!h->enabled || reported(d, &h->enabled))
+        return;
+    if (!h->path) {
+        h->path = strdup("/health");
+        if (!h->path)
+            d->oom = true;
+    } else if (!reported(d, &h->path) && (h->path[0] != '/' || !is_visible(h->path))) {
+        diag_quote(h->path, strlen(h->path), q, sizeof(q));
+        diag_add(d, line_of(d, &h->path, hl),
+                 "%s.path: found %s; expected a path starting with '/' without spaces, like "
+                 "/health",
+                 path, q);
+    }
+    if (h->host && !reported(d, &h->host) && !is_visible(h->host)) {
+        diag_quote(h->host, strlen(h->host), q, sizeof(q));
+        diag_add(d, line_of(d, &h->host, hl),
+                 "%s.host: found %s; expected a Host header value without spaces, like "
+                 "orders.internal",
+                 path, q);
+    }
+    snprintf(p2, sizeof(p2), "%s.interval", path);
+    RANGE(d, &h->interval_ms, hl, p2, h->interval_ms, 1, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.timeout", path);
+    RANGE(d, &h->timeout_ms, hl, p2, h->timeout_ms, 1, MAX_MS, UNIT_MS);
+    ms_order(d, &h->timeout_ms, &h->interval_ms, hl, path, "timeout", "interval");
+    snprintf(p2, sizeof(p2), "%s.jitter", path);
+    RANGE(d, &h->jitter_ms, hl, p2, h->jitter_ms, 0, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.healthy_threshold", path);
+    RANGE(d, &h->healthy_threshold, hl, p2, h->healthy_threshold, 1, MAX_THRESHOLD, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.unhealthy_threshold", path);
+    RANGE(d, &h->unhealthy_threshold, hl, p2, h->unhealthy_threshold, 1, MAX_THRESHOLD, UNIT_NUM);
+    if (reported(d, &h->statuses))
+        return;
+    if (h->num_statuses == 0 || !h->statuses) {
+        free(h->statuses);
+        h->statuses = calloc(1, sizeof(*h->statuses));
+        if (!h->statuses) {
+            d->oom = true;
+            h->num_statuses = 0;
+            return;
+        }
+        h->statuses[0][0] = 200;
+        h->statuses[0][1] = 399;
+        h->num_statuses = 1;
+    }
+    for (size_t i = 0; i < h->num_statuses; i++) {
+        unsigned lo = h->statuses[i][0], hi = h->statuses[i][1];
+        if (lo < 100 || hi > 599 || lo > hi)
+            diag_add(d, line_of(d, &h->statuses[i], line_of(d, &h->statuses, hl)),
+                     "%s.expected_statuses[%zu]: found %u-%u; expected a status or a range "
+                     "lo-hi within 100..599",
+                     path, i, lo, hi);
+    }
+}
+
+static void validate_outlier(struct diag *d, const struct polis_outlier_cfg *o, const char *path,
+                             int fallback)
+{
+    char p2[192];
+    int ol = line_of(d, &o->enabled, fallback);
+
+    if (!o->enabled || reported(d, &o->enabled))
+        return;
+    snprintf(p2, sizeof(p2), "%s.consecutive_5xx", path);
+    RANGE(d, &o->consecutive_5xx, ol, p2, o->consecutive_5xx, 0, MAX_COUNT, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.consecutive_gateway_errors", path);
+    RANGE(d, &o->consecutive_gateway_errors, ol, p2, o->consecutive_gateway_errors, 0, MAX_COUNT,
+          UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.consecutive_connect_failures", path);
+    RANGE(d, &o->consecutive_connect_failures, ol, p2, o->consecutive_connect_failures, 0,
+          MAX_COUNT, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.base_ejection_time", path);
+    RANGE(d, &o->base_ejection_ms, ol, p2, o->base_ejection_ms, 1, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.max_ejection_time", path);
+    RANGE(d, &o->max_ejection_ms, ol, p2, o->max_ejection_ms, 1, MAX_MS, UNIT_MS);
+    ms_order(d, &o->base_ejection_ms, &o->max_ejection_ms, ol, path, "base_ejection_time",
+             "max_ejection_time");
+    snprintf(p2, sizeof(p2), "%s.max_ejection_percent", path);
+    RANGE(d, &o->max_ejection_percent, ol, p2, o->max_ejection_percent, 0, 100, UNIT_NUM);
+    if (o->consecutive_5xx == 0 && o->consecutive_gateway_errors == 0 &&
+        o->consecutive_connect_failures == 0 && !reported(d, &o->consecutive_5xx) &&
+        !reported(d, &o->consecutive_gateway_errors) &&
+        !reported(d, &o->consecutive_connect_failures))
+        diag_add(d, ol,
+                 "%s: nothing can eject an instance; expected consecutive_5xx, "
+                 "consecutive_gateway_errors or consecutive_connect_failures above 0 (or "
+                 "enabled: false)",
+                 path);
+}
+
+static const char *const disc_names[] = {"static", "registry", "dns", "etcd"};
+
+/* Where a cluster's instances come from, and whether instances are listed as they must be. */
+static void validate_discovery(struct diag *d, struct polis_config *cfg,
+                               struct polis_cluster_cfg *c, const char *path, int cl)
+{
+    struct polis_discovery_cfg *ds = &c->discovery;
+    char p2[192], q[96];
+    int dl = line_of(d, &ds->kind, cl);
+
+    if (reported(d, &ds->kind))
+        return;
+    if ((unsigned)ds->kind > POLIS_DISC_ETCD) {
+        diag_add(d, dl,
+                 "%s.discovery.type: unknown kind %d; expected one of: static, registry, dns, "
+                 "etcd",
+                 path, (int)ds->kind);
+        return;
+    }
+    if (ds->kind == POLIS_DISC_STATIC) {
+        if (!reported(d, &c->instances) && (c->num_instances == 0 || !c->instances))
+            diag_add(d, line_of(d, &c->instances, cl),
+                     "%s: no instances; expected instances: a list of at least one address "
+                     "like \"127.0.0.1:9001\"",
+                     path);
+        return;
+    }
+    if (c->num_instances > 0 && !reported(d, &c->instances))
+        diag_add(d, line_of(d, &c->instances, cl),
+                 "%s.instances: set with discovery type %s; expected no instances (the "
+                 "discovery source finds them)",
+                 path, disc_names[ds->kind]);
+    switch (ds->kind) {
+    case POLIS_DISC_REGISTRY:
+        if (!cfg->registry.enabled && !reported(d, &cfg->registry.enabled))
+            diag_add(d, dl,
+                     "%s.discovery.type: registry, but the embedded registry is off; expected "
+                     "registry: {enabled: true} at the top level, or another type",
+                     path);
+        if (!ds->service && c->name) {
+            ds->service = strdup(c->name);
+            if (!ds->service)
+                d->oom = true;
+        } else if (ds->service && !reported(d, &ds->service) && !cfg_is_name(ds->service)) {
+            diag_quote(ds->service, strlen(ds->service), q, sizeof(q));
+            diag_add(d, line_of(d, &ds->service, dl),
+                     "%s.discovery.service: found %s; expected a service name of letters, "
+                     "digits, '_', '.' or '-'",
+                     path, q);
+        }
+        break;
+    case POLIS_DISC_DNS:
+        if (!reported(d, &ds->dns_name)) {
+            if (!ds->dns_name) {
+                diag_add(d, dl,
+                         "%s.discovery: no name; expected name: the DNS name to resolve, like "
+                         "orders.svc.local",
+                         path);
+            } else if (ds->dns_name[0] == '*' || !dns_name_ok(ds->dns_name)) {
+                diag_quote(ds->dns_name, strlen(ds->dns_name), q, sizeof(q));
+                diag_add(d, line_of(d, &ds->dns_name, dl),
+                         "%s.discovery.name: found %s; expected a DNS name like "
+                         "orders.svc.local or _http._tcp.orders.local",
+                         path, q);
+            }
+        }
+        if ((unsigned)ds->dns_type > POLIS_DNS_SRV) {
+            diag_add(d, line_of(d, &ds->dns_type, dl),
+                     "%s.discovery.record: unknown kind %d; expected a or srv", path,
+                     (int)ds->dns_type);
+        } else if (!reported(d, &ds->dns_port) && !reported(d, &ds->dns_type)) {
+            if (ds->dns_type == POLIS_DNS_A && ds->dns_port == 0)
+                diag_add(d, line_of(d, &ds->dns_port, dl),
+                         "%s.discovery: no port; expected port: 1..65535 (A and AAAA records "
+                         "carry no port)",
+                         path);
+            else if (ds->dns_type == POLIS_DNS_SRV && ds->dns_port != 0)
+                diag_add(d, line_of(d, &ds->dns_port, dl),
+                         "%s.discovery.port: set with record srv; expected no port (SRV "
+                         "records carry the ports)",
+                         path);
+        }
+        if (ds->dns_server && !reported(d, &ds->dns_server)) {
+            struct polis_addr a;
+            if (!numeric_addr(ds->dns_server, &a)) {
+                diag_quote(ds->dns_server, strlen(ds->dns_server), q, sizeof(q));
+                diag_add(d, line_of(d, &ds->dns_server, dl),
+                         "%s.discovery.server: found %s; expected a numeric address and port "
+                         "like 127.0.0.1:53 or [::1]:53",
+                         path, q);
+            }
+        }
+        snprintf(p2, sizeof(p2), "%s.discovery.min_ttl", path);
+        /* A floor: a TTL of 0 (Consul's default) must not become a query every millisecond. */
+        RANGE(d, &ds->dns_min_ttl_ms, dl, p2, ds->dns_min_ttl_ms, 100, MAX_MS, UNIT_MS);
+        snprintf(p2, sizeof(p2), "%s.discovery.max_ttl", path);
+        RANGE(d, &ds->dns_max_ttl_ms, dl, p2, ds->dns_max_ttl_ms, 1, MAX_MS, UNIT_MS);
+        snprintf(p2, sizeof(p2), "%s.discovery", path);
+        ms_order(d, &ds->dns_min_ttl_ms, &ds->dns_max_ttl_ms, dl, p2, "min_ttl", "max_ttl");
+        break;
+    case POLIS_DISC_ETCD:
+        if (!reported(d, &ds->etcd_endpoints)) {
+            if (ds->num_etcd_endpoints == 0 || !ds->etcd_endpoints)
+                diag_add(d, dl,
+                         "%s.discovery: no endpoints; expected endpoints: a list of http:// "
+                         "URLs like [http://127.0.0.1:2379]",
+                         path);
+            for (size_t i = 0; ds->etcd_endpoints && i < ds->num_etcd_endpoints; i++) {
+                const char *u = ds->etcd_endpoints[i];
+                if (reported(d, &ds->etcd_endpoints[i]) || is_http_url(u))
+                    continue;
+                diag_quote(u ? u : "", u ? strlen(u) : 0, q, sizeof(q));
+                diag_add(d, line_of(d, &ds->etcd_endpoints[i], line_of(d, &ds->etcd_endpoints, dl)),
+                         "%s.discovery.endpoints[%zu]: found %s; expected an http:// URL like "
+                         "http://127.0.0.1:2379",
+                         path, i, q);
+            }
+        }
+        if (!reported(d, &ds->etcd_prefix) && (!ds->etcd_prefix || !*ds->etcd_prefix))
+            diag_add(d, line_of(d, &ds->etcd_prefix, dl),
+                     "%s.discovery: %s; expected prefix: the key prefix of the service's "
+                     "instances, like /polis/services/orders/",
+                     path, ds->etcd_prefix ? "empty prefix" : "no prefix");
+        break;
+    default:
+        break;
+    }
+}
+
 /* The comma-separated cluster names for "expected one of" (at most 10 shown). */
 static void cluster_list(const struct polis_config *cfg, char *out, size_t cap)
 {
@@ -724,12 +1358,7 @@ static void validate_cluster(struct diag *d, struct polis_config *cfg, size_t ci
     RANGE(d, &c->connect_timeout_ms, cl, p2, c->connect_timeout_ms, 1, MAX_MS, UNIT_MS);
     snprintf(p2, sizeof(p2), "%s.timeout", path);
     RANGE(d, &c->timeout_ms, cl, p2, c->timeout_ms, 1, MAX_MS, UNIT_MS);
-    if (!reported(d, &c->instances) && (c->num_instances == 0 || !c->instances)) {
-        diag_add(d, line_of(d, &c->instances, cl),
-                 "%s: no instances; expected instances: a list of at least one address "
-                 "like \"127.0.0.1:9001\"",
-                 path);
-    }
+    validate_discovery(d, cfg, c, path, cl);
     for (size_t i = 0; c->instances && i < c->num_instances; i++) {
         struct polis_instance_cfg *in = &c->instances[i];
         int il = line_of(d, &in->addr, cl);
@@ -737,6 +1366,153 @@ static void validate_cluster(struct diag *d, struct polis_config *cfg, size_t ci
             diag_add(d, il, "%s.instances[%zu]: no address; expected address: host:port", path, i);
         snprintf(p2, sizeof(p2), "%s.instances[%zu].weight", path, i);
         RANGE(d, &in->weight, il, p2, in->weight, 1, MAX_WEIGHT, UNIT_NUM);
+        if (reported(d, &in->meta))
+            continue;
+        int ml = line_of(d, &in->meta, il);
+        if (in->num_meta && !in->meta)
+            diag_add(d, ml, "%s.instances[%zu].metadata: count without a list; expected a mapping",
+                     path, i);
+        for (size_t k = 0; in->meta && k < in->num_meta; k++) {
+            const struct polis_header_kv *kv = &in->meta[k];
+            int kl = line_of(d, kv, ml);
+            if (reported(d, kv))
+                continue;
+            if (!cfg_is_name(kv->name)) {
+                diag_quote(kv->name ? kv->name : "", kv->name ? strlen(kv->name) : 0, q, sizeof(q));
+                diag_add(d, kl,
+                         "%s.instances[%zu].metadata: key %s; expected a metadata key of "
+                         "letters, digits, '_', '.' or '-'",
+                         path, i, q);
+            } else if (strcmp(kv->name, "weight") == 0) {
+                diag_add(d, kl,
+                         "%s.instances[%zu].metadata.weight: a weight in metadata; expected "
+                         "weight: beside address (only discovery sources read a weight from "
+                         "metadata)",
+                         path, i);
+            } else if (!kv->value) {
+                diag_add(d, kl, "%s.instances[%zu].metadata.%s: no value; expected a value", path,
+                         i, kv->name);
+            }
+        }
+    }
+    snprintf(p2, sizeof(p2), "%s.health_check", path);
+    validate_health(d, &c->health_check, p2, cl);
+    snprintf(p2, sizeof(p2), "%s.outlier_detection", path);
+    validate_outlier(d, &c->outlier, p2, cl);
+    snprintf(p2, sizeof(p2), "%s.circuit_breaker", path);
+    validate_breaker(d, &c->breaker, p2, cl);
+    snprintf(p2, sizeof(p2), "%s.instance_circuit_breaker", path);
+    validate_breaker(d, &c->instance_breaker, p2, cl);
+    /* A cluster built in code before retries existed leaves the policy zeroed (attempts 0 is
+     * never loaded from a file): it gets the defaults, and so does its panic threshold. */
+    if (c->retry.attempts == 0 && c->retry.on == 0 && !c->retry.statuses &&
+        c->retry.backoff_base_ms == 0 && c->retry.backoff_max_ms == 0 &&
+        !reported(d, &c->retry.attempts)) {
+        retry_defaults(&c->retry);
+        if (c->panic_threshold == 0)
+            c->panic_threshold = 50;
+    }
+    snprintf(p2, sizeof(p2), "%s.retry", path);
+    validate_retry(d, &c->retry, p2, cl);
+    snprintf(p2, sizeof(p2), "%s.panic_threshold", path);
+    RANGE(d, &c->panic_threshold, cl, p2, c->panic_threshold, 0, 100, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.max_connections", path);
+    RANGE(d, &c->max_connections, cl, p2, c->max_connections, 0, MAX_CONNECTIONS, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.max_pending", path);
+    RANGE(d, &c->max_pending, cl, p2, c->max_pending, 0, MAX_CONNECTIONS, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.max_requests", path);
+    RANGE(d, &c->max_requests, cl, p2, c->max_requests, 0, MAX_CONNECTIONS, UNIT_NUM);
+}
+
+/* A route's traffic settings: subset or split, fault injection, mirroring. target is the
+ * route's cluster when it was found (subsets of a static cluster must match an instance). */
+static void validate_traffic(struct diag *d, const struct polis_route_cfg *r,
+                             const struct polis_cluster_cfg *target, const char *path)
+{
+    char p2[192], q[96];
+    int rl = r->line;
+
+    snprintf(p2, sizeof(p2), "%s.subset", path);
+    if (validate_subset(d, &r->subset, p2, rl) && target)
+        subset_in_cluster(d, &r->subset, target, r, p2, rl);
+    if (r->num_splits && r->subset.num_match && !reported(d, &r->splits))
+        diag_add(d, line_of(d, &r->splits, rl),
+                 "%s.split: set together with subset; expected only one of them", path);
+    if (r->num_splits && !r->splits) {
+        diag_add(d, rl, "%s.split: count without a list; expected a list", path);
+    } else if (r->num_splits && !reported(d, &r->splits)) {
+        uint64_t sum = 0;
+        bool weights_ok = true;
+        int sl = line_of(d, &r->splits, rl);
+        for (size_t i = 0; i < r->num_splits; i++) {
+            const struct polis_split_cfg *sp = &r->splits[i];
+            snprintf(p2, sizeof(p2), "%s.split[%zu].weight", path, i);
+            RANGE(d, &sp->weight, sl, p2, sp->weight, 0, MAX_WEIGHT, UNIT_NUM);
+            weights_ok &= !reported(d, &sp->weight);
+            sum += sp->weight;
+            snprintf(p2, sizeof(p2), "%s.split[%zu].subset", path, i);
+            if (validate_subset(d, &sp->subset, p2, line_of(d, &sp->weight, sl)) && target)
+                subset_in_cluster(d, &sp->subset, target, r, p2, line_of(d, &sp->weight, sl));
+        }
+        if (weights_ok && sum == 0)
+            diag_add(d, sl, "%s.split: every weight is 0; expected at least one weight above 0",
+                     path);
+    }
+
+    const struct polis_fault_cfg *f = &r->fault;
+    int fl = line_of(d, &f->delay_ms, rl);
+    snprintf(p2, sizeof(p2), "%s.fault.delay", path);
+    RANGE(d, &f->delay_ms, fl, p2, f->delay_ms, 0, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.fault.delay_percent", path);
+    pct_check(d, &f->delay_percent, fl, p2);
+    snprintf(p2, sizeof(p2), "%s.fault.abort_percent", path);
+    pct_check(d, &f->abort_percent, fl, p2);
+    if (!reported(d, &f->abort_status) && f->abort_status != 0 &&
+        (f->abort_status < 200 || f->abort_status > 599))
+        diag_add(d, line_of(d, &f->abort_status, fl),
+                 "%s.fault.abort_status: found %d, out of range; expected 200..599", path,
+                 f->abort_status);
+    if (f->delay_ms == 0 && f->delay_percent > 0 && !reported(d, &f->delay_ms) &&
+        !reported(d, &f->delay_percent))
+        diag_add(d, line_of(d, &f->delay_percent, fl),
+                 "%s.fault.delay_percent: set without a delay; expected delay: a duration "
+                 "above 0",
+                 path);
+    if (f->abort_status == 0 && f->abort_percent > 0 && !reported(d, &f->abort_status) &&
+        !reported(d, &f->abort_percent))
+        diag_add(d, line_of(d, &f->abort_percent, fl),
+                 "%s.fault.abort_percent: set without abort_status; expected abort_status: "
+                 "200..599",
+                 path);
+
+    const struct polis_mirror_cfg *m = &r->mirror;
+    if (!m->enabled || reported(d, &m->enabled))
+        return;
+    int ml = line_of(d, &m->enabled, rl);
+    snprintf(p2, sizeof(p2), "%s.mirror.percent", path);
+    pct_check(d, &m->percent, ml, p2);
+    snprintf(p2, sizeof(p2), "%s.mirror.subset", path);
+    if (validate_subset(d, &m->subset, p2, ml) && target)
+        subset_in_cluster(d, &m->subset, target, r, p2, ml);
+    for (size_t i = 0; m->compare_headers && i < m->num_compare_headers; i++) {
+        const char *h = m->compare_headers[i];
+        if (reported(d, &m->compare_headers[i]) || cfg_is_token(h))
+            continue;
+        diag_quote(h ? h : "", h ? strlen(h) : 0, q, sizeof(q));
+        diag_add(d, line_of(d, &m->compare_headers[i], ml),
+                 "%s.mirror.compare_headers[%zu]: header name %s is not a token; expected "
+                 "letters, digits and !#$%%&'*+-.^_`|~",
+                 path, i, q);
+    }
+    for (size_t i = 0; m->ignore_fields && i < m->num_ignore_fields; i++) {
+        const char *fp = m->ignore_fields[i];
+        if (reported(d, &m->ignore_fields[i]) || is_field_path(fp))
+            continue;
+        diag_quote(fp ? fp : "", fp ? strlen(fp) : 0, q, sizeof(q));
+        diag_add(d, line_of(d, &m->ignore_fields[i], ml),
+                 "%s.mirror.ignore_fields[%zu]: found %s; expected a JSON field path like "
+                 "timestamp or meta.id",
+                 path, i, q);
     }
 }
 
@@ -825,7 +1601,26 @@ static void validate_route(struct diag *d, struct polis_config *cfg, size_t ri)
                      path, h->name);
         }
     }
+    for (size_t i = 0; r->cookies && i < r->num_cookies; i++) {
+        struct polis_header_match *h = &r->cookies[i];
+        int hl = line_of(d, h, rl);
+        if (reported(d, h))
+            continue;
+        if (!cfg_is_token(h->name)) {
+            diag_quote(h->name ? h->name : "", h->name ? strlen(h->name) : 0, q, sizeof(q));
+            diag_add(d, hl,
+                     "%s.match.cookies: cookie name %s is not a token; expected letters, "
+                     "digits and !#$%%&'*+-.^_`|~",
+                     path, q);
+        } else if (h->value && (!is_header_value(h->value) || strchr(h->value, ';'))) {
+            diag_add(d, hl,
+                     "%s.match.cookies.%s: value holds CR, LF or ';'; expected a cookie value "
+                     "without them, or nothing for presence only",
+                     path, h->name);
+        }
+    }
     /* action */
+    const struct polis_cluster_cfg *target = NULL;
     if (!reported(d, &r->cluster)) {
         if (!r->cluster) {
             diag_add(d, rl, "%s: no cluster; expected cluster: <name of a cluster>", path);
@@ -837,6 +1632,7 @@ static void validate_route(struct diag *d, struct polis_config *cfg, size_t ri)
             }
             if (k < cfg->num_clusters) {
                 r->cluster_index = k;
+                target = &cfg->clusters[k];
             } else {
                 cluster_list(cfg, list, sizeof(list));
                 diag_quote(r->cluster, strlen(r->cluster), q, sizeof(q));
@@ -877,6 +1673,13 @@ static void validate_route(struct diag *d, struct polis_config *cfg, size_t ri)
     RANGE(d, &r->max_body, rl, p2, r->max_body, 0, MAX_BODY, UNIT_BYTES);
     snprintf(p2, sizeof(p2), "%s.timeout", path);
     RANGE(d, &r->timeout_ms, rl, p2, r->timeout_ms, 0, MAX_MS, UNIT_MS);
+    validate_traffic(d, r, target, path);
+    if (r->retry) {
+        snprintf(p2, sizeof(p2), "%s.retry", path);
+        validate_retry(d, r->retry, p2, line_of(d, &r->retry, rl));
+    }
+    snprintf(p2, sizeof(p2), "%s.max_concurrent", path);
+    RANGE(d, &r->max_concurrent, rl, p2, r->max_concurrent, 0, MAX_CONNECTIONS, UNIT_NUM);
 }
 
 /* Whether two listening addresses collide: the same text, or the same port where one of them is
@@ -959,6 +1762,18 @@ static void config_validate_diag(struct polis_config *cfg, struct diag *d)
     RANGE(d, &l->max_body, 0, "limits.max_body", l->max_body, 1, MAX_BODY, UNIT_BYTES);
     RANGE(d, &l->max_connections, 0, "limits.max_connections", l->max_connections, 1,
           MAX_CONNECTIONS, UNIT_NUM);
+
+    struct polis_registry_cfg *g = &cfg->registry;
+    int gl = line_of(d, &g->enabled, 0);
+    RANGE(d, &g->default_ttl_ms, gl, "registry.default_ttl", g->default_ttl_ms, 1000, MAX_MS,
+          UNIT_MS);
+    RANGE(d, &g->max_ttl_ms, gl, "registry.max_ttl", g->max_ttl_ms, 1000, MAX_MS, UNIT_MS);
+    RANGE(d, &g->max_wait_ms, gl, "registry.max_wait", g->max_wait_ms, 0, MAX_MS, UNIT_MS);
+    ms_order(d, &g->default_ttl_ms, &g->max_ttl_ms, gl, "registry", "default_ttl", "max_ttl");
+    if (g->enabled && !cfg->has_admin && !reported(d, &g->enabled))
+        diag_add(d, gl,
+                 "registry.enabled: true but admin is off; expected an admin listener (the "
+                 "registry's API is served on it)");
 
     struct polis_timeouts_cfg *t = &cfg->timeouts;
     RANGE(d, &t->header_read_ms, 0, "timeouts.header_read", t->header_read_ms, 1, MAX_MS, UNIT_MS);
@@ -1410,6 +2225,505 @@ static bool is_off(const struct node *n)
 
 /* ---- The schema -------------------------------------------------------------------------- */
 
+/* Read an optional boolean field of mapping m into *dst. Returns whether the key is present. */
+static bool bool_field(struct ld *L, const struct node *m, const char *base, const char *key,
+                       bool *dst)
+{
+    int kl = 0;
+    const struct node *n = get(m, key, &kl);
+    char p[160];
+    if (!n)
+        return false;
+    join(p, sizeof(p), base, key);
+    int b = bool_of(n);
+    if (b < 0)
+        wrong(L, n, kl, p, "true or false");
+    else
+        *dst = b;
+    diag_where(L->d, dst, kl, b < 0);
+    return true;
+}
+
+/* A percentage: digits with an optional fraction ("10", "0.5"), from 0 to 100. */
+static bool rd_pct(struct ld *L, const struct node *n, int line, const char *path, double *out)
+{
+    bool ok = n->type == N_SCALAR && !is_null(n) && n->len > 0 && n->len <= 24 &&
+              !memchr(n->s, 0, n->len);
+    char q[96];
+    if (ok) {
+        size_t i = strspn(n->s, "0123456789");
+        ok = i > 0;
+        if (ok && n->s[i] == '.') {
+            size_t f = strspn(n->s + i + 1, "0123456789");
+            ok = f > 0;
+            i += 1 + f;
+        }
+        ok = ok && i == n->len;
+    }
+    if (!ok) {
+        wrong(L, n, line, path, "a percentage from 0 to 100, like 10 or 0.5");
+        return false;
+    }
+    double v = strtod(n->s, NULL);
+    if (!(v >= 0 && v <= 100)) {
+        diag_quote(n->s, n->len, q, sizeof(q));
+        diag_add(L->d, line, "%s: found %s, out of range; expected 0..100", path, q);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* Read an optional percentage field of mapping m into the double dst. */
+#define PCT_FIELD(L, m, base, key, dst)                                                            \
+    do {                                                                                           \
+        int kl_ = 0;                                                                               \
+        const struct node *n_ = get((m), (key), &kl_);                                             \
+        if (n_) {                                                                                  \
+            char p_[160];                                                                          \
+            join(p_, sizeof(p_), (base), (key));                                                   \
+            bool ok_ = rd_pct((L), n_, kl_, p_, &(dst));                                           \
+            diag_where((L)->d, &(dst), kl_, !ok_);                                                 \
+        }                                                                                          \
+    } while (0)
+
+/* A non-empty list of strings into *out and *num, each item's line recorded by its address.
+ * Returns false (and reports it) when n is not such a list. */
+static bool load_strv(struct ld *L, const struct node *n, int line, const char *path,
+                      const char *expected, const char *item, char ***out, size_t *num)
+{
+    if (n->type != N_SEQ || n->n == 0) {
+        wrong(L, n, line, path, expected);
+        return false;
+    }
+    *out = calloc(n->n, sizeof(**out));
+    if (!*out) {
+        L->d->oom = true;
+        return false;
+    }
+    *num = n->n;
+    for (size_t i = 0; i < n->n; i++) {
+        char ip[192];
+        snprintf(ip, sizeof(ip), "%s[%zu]", path, i);
+        bool ok = rd_str(L, &n->kids[i], n->kids[i].line, ip, item, &(*out)[i]);
+        diag_where(L->d, &(*out)[i], n->kids[i].line, !ok);
+    }
+    return true;
+}
+
+/* A mapping of metadata keys to scalar values (numbers kept as their text) into *out and *num.
+ * Each pair's line is recorded by its address; a malformed pair is reported. Returns false
+ * when n is not a mapping (reported). */
+static bool load_kv_map(struct ld *L, const struct node *n, int line, const char *path,
+                        const char *expected, struct polis_header_kv **out, size_t *num)
+{
+    if (!map_check(L, n, line, path, NULL, expected))
+        return false;
+    if (n->n == 0)
+        return true;
+    *out = calloc(n->n / 2, sizeof(**out));
+    if (!*out) {
+        L->d->oom = true;
+        return true;
+    }
+    *num = n->n / 2;
+    for (size_t i = 0; i < *num; i++) {
+        const struct node *k = &n->kids[2 * i], *v = &n->kids[2 * i + 1];
+        struct polis_header_kv *kv = &(*out)[i];
+        char vp[256];
+        bool ok = rd_str(L, k, k->line, path, "a metadata key", &kv->name);
+        if (ok) {
+            join(vp, sizeof(vp), path, kv->name);
+            ok = rd_str(L, v, k->line, vp, "a metadata value (text or a number)", &kv->value);
+        }
+        diag_where(L->d, kv, k->line, !ok);
+    }
+    return true;
+}
+
+/* A subset: a non-empty mapping of metadata keys to values, like {version: v2}. */
+static void load_subset(struct ld *L, const struct node *n, int line, const char *path,
+                        struct polis_subset_cfg *s)
+{
+    const char *expected = "a mapping of metadata keys to values, like {version: v2}";
+    if (n->type == N_MAP && n->n == 0) {
+        diag_add(L->d, line, "%s: empty; expected %s", path, expected);
+        diag_where(L->d, s, line, true);
+        return;
+    }
+    if (n->type != N_MAP) {
+        wrong(L, n, line, path, expected);
+        diag_where(L->d, s, line, true);
+        return;
+    }
+    load_kv_map(L, n, line, path, expected, &s->match, &s->num_match);
+    diag_where(L->d, s, line, false);
+}
+
+/* A retry policy over r (which holds the defaults already). */
+static void load_retry(struct ld *L, const struct node *m, int line, const char *path,
+                       struct polis_retry_cfg *r)
+{
+    static const char *const keys[] = {"attempts",
+                                       "on",
+                                       "backoff_base",
+                                       "backoff_max",
+                                       "per_try_timeout",
+                                       "deadline",
+                                       "budget_percent",
+                                       "budget_min",
+                                       NULL};
+    char p[160];
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, path, keys, "a mapping of retry settings (attempts, on, ...)")) {
+        diag_where(L->d, &r->attempts, line, true);
+        return;
+    }
+    if (!get(m, "attempts", &kl))
+        diag_where(L->d, &r->attempts, line, false);
+    NUM_FIELD(L, m, path, "attempts", UNIT_NUM, 1, MAX_ATTEMPTS, r->attempts);
+    if ((n = get(m, "on", &kl))) {
+        const char *item = "connect_failure, reset, timeout or a status from 500 to 599";
+        bool ok = n->type == N_SEQ;
+        join(p, sizeof(p), path, "on");
+        if (!ok) {
+            wrong(L, n, kl, p, "a list like [connect_failure, reset, timeout, 503]");
+        } else {
+            uint32_t on = 0;
+            uint16_t *st = n->n ? calloc(n->n, sizeof(*st)) : NULL;
+            size_t ns = 0;
+            if (n->n && !st) {
+                L->d->oom = true;
+                return;
+            }
+            for (size_t i = 0; i < n->n; i++) {
+                const struct node *k = &n->kids[i];
+                char ip[192], q[96];
+                snprintf(ip, sizeof(ip), "%s[%zu]", p, i);
+                if (scalar_eq(k, "connect_failure")) {
+                    on |= POLIS_RETRY_CONNECT;
+                } else if (scalar_eq(k, "reset")) {
+                    on |= POLIS_RETRY_RESET;
+                } else if (scalar_eq(k, "timeout")) {
+                    on |= POLIS_RETRY_TIMEOUT;
+                } else if (k->type == N_SCALAR && k->len > 0 && k->len <= 3 &&
+                           strspn(k->s, "0123456789") == k->len) {
+                    unsigned long v = strtoul(k->s, NULL, 10);
+                    if (v < 500 || v > 599) {
+                        diag_quote(k->s, k->len, q, sizeof(q));
+                        diag_add(L->d, k->line, "%s: found %s, out of range; expected 500..599", ip,
+                                 q);
+                        ok = false;
+                        continue;
+                    }
+                    size_t j = 0;
+                    while (j < ns && st[j] != v)
+                        j++;
+                    if (j == ns)
+                        st[ns++] = (uint16_t)v;
+                    on |= POLIS_RETRY_STATUS;
+                } else {
+                    wrong(L, k, k->line, ip, item);
+                    ok = false;
+                }
+            }
+            r->on = on;
+            free(r->statuses);
+            r->statuses = ns ? st : NULL;
+            r->num_statuses = ns;
+            if (!ns)
+                free(st);
+        }
+        diag_where(L->d, &r->on, kl, !ok);
+    }
+    NUM_FIELD(L, m, path, "backoff_base", UNIT_MS, 0, MAX_MS, r->backoff_base_ms);
+    NUM_FIELD(L, m, path, "backoff_max", UNIT_MS, 0, MAX_MS, r->backoff_max_ms);
+    NUM_FIELD(L, m, path, "per_try_timeout", UNIT_MS, 0, MAX_MS, r->per_try_timeout_ms);
+    NUM_FIELD(L, m, path, "deadline", UNIT_MS, 0, MAX_MS, r->deadline_ms);
+    NUM_FIELD(L, m, path, "budget_percent", UNIT_NUM, 0, 100, r->budget_percent);
+    NUM_FIELD(L, m, path, "budget_min", UNIT_NUM, 0, MAX_COUNT, r->budget_min);
+}
+
+/* A circuit breaker section: its presence enables it (unless enabled: false). */
+static void load_breaker(struct ld *L, const struct node *m, int line, const char *path,
+                         struct polis_breaker_cfg *b)
+{
+    static const char *const keys[] = {"enabled",
+                                       "window",
+                                       "window_size",
+                                       "minimum_calls",
+                                       "failure_rate",
+                                       "slow_call_rate",
+                                       "slow_call_duration",
+                                       "consecutive_failures",
+                                       "open_duration",
+                                       "half_open_calls",
+                                       NULL};
+    char p[160];
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, path, keys, "a mapping of circuit breaker settings")) {
+        diag_where(L->d, &b->enabled, line, true);
+        return;
+    }
+    b->enabled = true;
+    if (!bool_field(L, m, path, "enabled", &b->enabled))
+        diag_where(L->d, &b->enabled, line, false);
+    bool window_ok = true;
+    if ((n = get(m, "window", &kl))) {
+        join(p, sizeof(p), path, "window");
+        if (scalar_eq(n, "count")) {
+            b->window = POLIS_WINDOW_COUNT;
+        } else if (scalar_eq(n, "time")) {
+            b->window = POLIS_WINDOW_TIME;
+            b->window_size = 10;
+        } else {
+            wrong(L, n, kl, p, "count or time");
+            window_ok = false;
+        }
+        diag_where(L->d, &b->window, kl, !window_ok);
+    }
+    NUM_FIELD(L, m, path, "window_size", UNIT_NUM, 1,
+              b->window == POLIS_WINDOW_TIME ? MAX_WINDOW_SECONDS : MAX_WINDOW_CALLS,
+              b->window_size);
+    NUM_FIELD(L, m, path, "minimum_calls", UNIT_NUM, 1, MAX_COUNT, b->min_calls);
+    NUM_FIELD(L, m, path, "failure_rate", UNIT_NUM, 0, 100, b->failure_rate);
+    NUM_FIELD(L, m, path, "slow_call_rate", UNIT_NUM, 0, 100, b->slow_call_rate);
+    NUM_FIELD(L, m, path, "slow_call_duration", UNIT_MS, 1, MAX_MS, b->slow_call_ms);
+    NUM_FIELD(L, m, path, "consecutive_failures", UNIT_NUM, 0, MAX_COUNT, b->consecutive_failures);
+    NUM_FIELD(L, m, path, "open_duration", UNIT_MS, 1, MAX_MS, b->open_ms);
+    NUM_FIELD(L, m, path, "half_open_calls", UNIT_NUM, 1, MAX_HALF_OPEN, b->half_open_calls);
+}
+
+/* expected_statuses: numbers and "lo-hi" ranges within 100..599. */
+static void load_statuses(struct ld *L, const struct node *n, int line, const char *path,
+                          struct polis_health_check_cfg *h)
+{
+    const char *item = "a status like 200 or a range like \"200-299\" within 100..599";
+    bool ok = true;
+
+    if (n->type != N_SEQ || n->n == 0) {
+        wrong(L, n, line, path, "a non-empty list of statuses and ranges, like [200, \"300-399\"]");
+        diag_where(L->d, &h->statuses, line, true);
+        return;
+    }
+    h->statuses = calloc(n->n, sizeof(*h->statuses));
+    if (!h->statuses) {
+        L->d->oom = true;
+        return;
+    }
+    h->num_statuses = n->n;
+    for (size_t i = 0; i < n->n; i++) {
+        const struct node *k = &n->kids[i];
+        char ip[192];
+        unsigned long lo = 0, hi = 0;
+        bool good = k->type == N_SCALAR && k->len > 0 && k->len <= 7;
+        if (good) {
+            size_t a = strspn(k->s, "0123456789");
+            good = a == 3;
+            if (good && a == k->len) {
+                lo = hi = strtoul(k->s, NULL, 10);
+            } else if (good) {
+                good = k->s[3] == '-' && k->len == 7 && strspn(k->s + 4, "0123456789") == 3;
+                if (good) {
+                    lo = strtoul(k->s, NULL, 10);
+                    hi = strtoul(k->s + 4, NULL, 10);
+                }
+            }
+            good = good && lo >= 100 && hi <= 599 && lo <= hi;
+        }
+        snprintf(ip, sizeof(ip), "%s[%zu]", path, i);
+        if (!good) {
+            wrong(L, k, k->line, ip, item);
+            ok = false;
+            continue;
+        }
+        h->statuses[i][0] = (uint16_t)lo;
+        h->statuses[i][1] = (uint16_t)hi;
+        diag_where(L->d, &h->statuses[i], k->line, false);
+    }
+    diag_where(L->d, &h->statuses, line, !ok);
+}
+
+/* health_check: its presence enables active checks (unless enabled: false). */
+static void load_health(struct ld *L, const struct node *m, int line, const char *path,
+                        struct polis_health_check_cfg *h)
+{
+    static const char *const keys[] = {"enabled",
+                                       "path",
+                                       "host",
+                                       "interval",
+                                       "timeout",
+                                       "jitter",
+                                       "healthy_threshold",
+                                       "unhealthy_threshold",
+                                       "expected_statuses",
+                                       NULL};
+    char p[160];
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, path, keys, "a mapping of health check settings")) {
+        diag_where(L->d, &h->enabled, line, true);
+        return;
+    }
+    h->enabled = true;
+    if (!bool_field(L, m, path, "enabled", &h->enabled))
+        diag_where(L->d, &h->enabled, line, false);
+    str_field(L, m, path, "path", "a path like /health", &h->path);
+    str_field(L, m, path, "host", "a Host header value like orders.internal", &h->host);
+    NUM_FIELD(L, m, path, "interval", UNIT_MS, 1, MAX_MS, h->interval_ms);
+    NUM_FIELD(L, m, path, "timeout", UNIT_MS, 1, MAX_MS, h->timeout_ms);
+    h->jitter_ms = h->interval_ms / 10;
+    NUM_FIELD(L, m, path, "jitter", UNIT_MS, 0, MAX_MS, h->jitter_ms);
+    NUM_FIELD(L, m, path, "healthy_threshold", UNIT_NUM, 1, MAX_THRESHOLD, h->healthy_threshold);
+    NUM_FIELD(L, m, path, "unhealthy_threshold", UNIT_NUM, 1, MAX_THRESHOLD,
+              h->unhealthy_threshold);
+    if ((n = get(m, "expected_statuses", &kl))) {
+        join(p, sizeof(p), path, "expected_statuses");
+        load_statuses(L, n, kl, p, h);
+    }
+}
+
+/* outlier_detection: its presence enables passive ejection (unless enabled: false). */
+static void load_outlier(struct ld *L, const struct node *m, int line, const char *path,
+                         struct polis_outlier_cfg *o)
+{
+    static const char *const keys[] = {"enabled",
+                                       "consecutive_5xx",
+                                       "consecutive_gateway_errors",
+                                       "consecutive_connect_failures",
+                                       "base_ejection_time",
+                                       "max_ejection_time",
+                                       "max_ejection_percent",
+                                       NULL};
+
+    if (!map_check(L, m, line, path, keys, "a mapping of outlier detection settings")) {
+        diag_where(L->d, &o->enabled, line, true);
+        return;
+    }
+    o->enabled = true;
+    if (!bool_field(L, m, path, "enabled", &o->enabled))
+        diag_where(L->d, &o->enabled, line, false);
+    NUM_FIELD(L, m, path, "consecutive_5xx", UNIT_NUM, 0, MAX_COUNT, o->consecutive_5xx);
+    NUM_FIELD(L, m, path, "consecutive_gateway_errors", UNIT_NUM, 0, MAX_COUNT,
+              o->consecutive_gateway_errors);
+    NUM_FIELD(L, m, path, "consecutive_connect_failures", UNIT_NUM, 0, MAX_COUNT,
+              o->consecutive_connect_failures);
+    NUM_FIELD(L, m, path, "base_ejection_time", UNIT_MS, 1, MAX_MS, o->base_ejection_ms);
+    NUM_FIELD(L, m, path, "max_ejection_time", UNIT_MS, 1, MAX_MS, o->max_ejection_ms);
+    NUM_FIELD(L, m, path, "max_ejection_percent", UNIT_NUM, 0, 100, o->max_ejection_percent);
+}
+
+/* discovery: type first, then only the keys of that type. */
+static void load_discovery(struct ld *L, const struct node *m, int line, const char *path,
+                           struct polis_discovery_cfg *ds)
+{
+    static const char *const all[] = {"type",    "service", "name",      "record", "port", "server",
+                                      "min_ttl", "max_ttl", "endpoints", "prefix", NULL};
+    static const char *const by_kind[4][8] = {
+        {"type", NULL},
+        {"type", "service", NULL},
+        {"type", "name", "record", "port", "server", "min_ttl", "max_ttl", NULL},
+        {"type", "endpoints", "prefix", NULL},
+    };
+    const char *types = "static, registry, dns or etcd";
+    char p[160];
+    int kl = 0;
+    const struct node *n;
+
+    if (m->type != N_MAP) {
+        wrong(L, m, line, path, "a mapping with type (static, registry, dns or etcd)");
+        diag_where(L->d, &ds->kind, line, true);
+        return;
+    }
+    n = get(m, "type", &kl);
+    join(p, sizeof(p), path, "type");
+    size_t k = 0;
+    if (!n) {
+        diag_add(L->d, line, "%s: no type; expected type: %s", path, types);
+    } else {
+        while (k < 4 && !scalar_eq(n, disc_names[k]))
+            k++;
+        if (k == 4)
+            wrong(L, n, kl, p, "one of: static, registry, dns, etcd");
+    }
+    if (!n || k == 4) {
+        map_check(L, m, line, path, all, NULL);
+        diag_where(L->d, &ds->kind, n ? kl : line, true);
+        return;
+    }
+    ds->kind = (enum polis_discovery_kind)k;
+    diag_where(L->d, &ds->kind, kl, false);
+    map_check(L, m, line, path, by_kind[k], NULL);
+    if (ds->kind == POLIS_DISC_REGISTRY)
+        str_field(L, m, path, "service", "a service name", &ds->service);
+    if (ds->kind == POLIS_DISC_ETCD) {
+        if ((n = get(m, "endpoints", &kl))) {
+            join(p, sizeof(p), path, "endpoints");
+            bool ok = load_strv(L, n, kl, p, "a list of http:// URLs like [http://127.0.0.1:2379]",
+                                "an http:// URL like http://127.0.0.1:2379", &ds->etcd_endpoints,
+                                &ds->num_etcd_endpoints);
+            diag_where(L->d, &ds->etcd_endpoints, kl, !ok);
+        }
+        str_field(L, m, path, "prefix", "a key prefix like /polis/services/orders/",
+                  &ds->etcd_prefix);
+    }
+    if (ds->kind != POLIS_DISC_DNS)
+        return;
+    str_field(L, m, path, "name", "a DNS name like orders.svc.local", &ds->dns_name);
+    if ((n = get(m, "record", &kl))) {
+        bool ok = true;
+        join(p, sizeof(p), path, "record");
+        if (scalar_eq(n, "a"))
+            ds->dns_type = POLIS_DNS_A;
+        else if (scalar_eq(n, "srv"))
+            ds->dns_type = POLIS_DNS_SRV;
+        else
+            ok = false;
+        if (!ok)
+            wrong(L, n, kl, p, "a (A and AAAA records) or srv");
+        diag_where(L->d, &ds->dns_type, kl, !ok);
+    }
+    NUM_FIELD(L, m, path, "port", UNIT_NUM, 1, 65535, ds->dns_port);
+    if ((n = get(m, "server", &kl))) {
+        struct polis_addr a;
+        bool ok = n->type == N_SCALAR && !is_null(n) && !memchr(n->s, 0, n->len) &&
+                  numeric_addr(n->s, &a);
+        join(p, sizeof(p), path, "server");
+        if (ok) {
+            ds->dns_server = strdup(a.text);
+            if (!ds->dns_server)
+                L->d->oom = true;
+        } else {
+            wrong(L, n, kl, p, "a numeric address and port like 127.0.0.1:53 or [::1]:53");
+        }
+        diag_where(L->d, &ds->dns_server, kl, !ok);
+    }
+    NUM_FIELD(L, m, path, "min_ttl", UNIT_MS, 1, MAX_MS, ds->dns_min_ttl_ms);
+    NUM_FIELD(L, m, path, "max_ttl", UNIT_MS, 1, MAX_MS, ds->dns_max_ttl_ms);
+}
+
+static void load_registry(struct ld *L, const struct node *m, int line)
+{
+    static const char *const keys[] = {"enabled", "default_ttl", "max_ttl", "max_wait", NULL};
+    struct polis_registry_cfg *g = &L->cfg->registry;
+
+    if (!map_check(L, m, line, "registry", keys,
+                   "a mapping with enabled, default_ttl, max_ttl and max_wait")) {
+        diag_where(L->d, &g->enabled, line, true);
+        return;
+    }
+    if (!bool_field(L, m, "registry", "enabled", &g->enabled))
+        diag_where(L->d, &g->enabled, line, false);
+    NUM_FIELD(L, m, "registry", "default_ttl", UNIT_MS, 1000, MAX_MS, g->default_ttl_ms);
+    NUM_FIELD(L, m, "registry", "max_ttl", UNIT_MS, 1000, MAX_MS, g->max_ttl_ms);
+    NUM_FIELD(L, m, "registry", "max_wait", UNIT_MS, 0, MAX_MS, g->max_wait_ms);
+}
+
 static void load_limits(struct ld *L, const struct node *m, int line)
 {
     static const char *const keys[] = {"max_request_line", "max_header_bytes", "max_headers",
@@ -1521,8 +2835,8 @@ static void load_tracing(struct ld *L, const struct node *m, int line)
 static void load_instance(struct ld *L, const struct node *n, const char *path,
                           struct polis_instance_cfg *in)
 {
-    static const char *const keys[] = {"address", "weight", NULL};
-    const char *expected = "an address string, or a mapping with address and weight";
+    static const char *const keys[] = {"address", "weight", "metadata", NULL};
+    const char *expected = "an address string, or a mapping with address, weight and metadata";
 
     in->weight = 1;
     if (n->type == N_SCALAR && !is_null(n)) {
@@ -1547,12 +2861,37 @@ static void load_instance(struct ld *L, const struct node *n, const char *path,
         diag_where(L->d, &in->addr, n->line, false); /* validation says: no address */
     }
     NUM_FIELD(L, n, path, "weight", UNIT_NUM, 1, MAX_WEIGHT, in->weight);
+    if ((a = get(n, "metadata", &kl))) {
+        char p[160];
+        join(p, sizeof(p), path, "metadata");
+        bool ok = load_kv_map(L, a, kl, p,
+                              "a mapping of metadata keys to values, like "
+                              "{version: v2}",
+                              &in->meta, &in->num_meta);
+        diag_where(L->d, &in->meta, kl, !ok);
+    }
 }
 
 static void load_cluster(struct ld *L, const struct node *m, size_t idx)
 {
-    static const char *const keys[] = {"name",      "balance",         "hash_on", "keepalive",
-                                       "instances", "connect_timeout", "timeout", NULL};
+    static const char *const keys[] = {"name",
+                                       "balance",
+                                       "hash_on",
+                                       "keepalive",
+                                       "instances",
+                                       "connect_timeout",
+                                       "timeout",
+                                       "discovery",
+                                       "health_check",
+                                       "outlier_detection",
+                                       "circuit_breaker",
+                                       "instance_circuit_breaker",
+                                       "retry",
+                                       "panic_threshold",
+                                       "max_connections",
+                                       "max_pending",
+                                       "max_requests",
+                                       NULL};
     struct polis_cluster_cfg *c = &L->cfg->clusters[idx];
     char path[64], p[160];
     int kl = 0;
@@ -1624,6 +2963,34 @@ static void load_cluster(struct ld *L, const struct node *m, size_t idx)
     NUM_FIELD(L, m, path, "keepalive", UNIT_NUM, 0, MAX_KEEPALIVE, c->keepalive);
     NUM_FIELD(L, m, path, "connect_timeout", UNIT_MS, 1, MAX_MS, c->connect_timeout_ms);
     NUM_FIELD(L, m, path, "timeout", UNIT_MS, 1, MAX_MS, c->timeout_ms);
+    if ((n = get(m, "discovery", &kl))) {
+        join(p, sizeof(p), path, "discovery");
+        load_discovery(L, n, kl, p, &c->discovery);
+    }
+    if ((n = get(m, "health_check", &kl))) {
+        join(p, sizeof(p), path, "health_check");
+        load_health(L, n, kl, p, &c->health_check);
+    }
+    if ((n = get(m, "outlier_detection", &kl))) {
+        join(p, sizeof(p), path, "outlier_detection");
+        load_outlier(L, n, kl, p, &c->outlier);
+    }
+    if ((n = get(m, "circuit_breaker", &kl))) {
+        join(p, sizeof(p), path, "circuit_breaker");
+        load_breaker(L, n, kl, p, &c->breaker);
+    }
+    if ((n = get(m, "instance_circuit_breaker", &kl))) {
+        join(p, sizeof(p), path, "instance_circuit_breaker");
+        load_breaker(L, n, kl, p, &c->instance_breaker);
+    }
+    if ((n = get(m, "retry", &kl))) {
+        join(p, sizeof(p), path, "retry");
+        load_retry(L, n, kl, p, &c->retry);
+    }
+    NUM_FIELD(L, m, path, "panic_threshold", UNIT_NUM, 0, 100, c->panic_threshold);
+    NUM_FIELD(L, m, path, "max_connections", UNIT_NUM, 0, MAX_CONNECTIONS, c->max_connections);
+    NUM_FIELD(L, m, path, "max_pending", UNIT_NUM, 0, MAX_CONNECTIONS, c->max_pending);
+    NUM_FIELD(L, m, path, "max_requests", UNIT_NUM, 0, MAX_CONNECTIONS, c->max_requests);
 
     if ((n = get(m, "instances", &kl))) {
         join(p, sizeof(p), path, "instances");
@@ -1707,7 +3074,8 @@ static void load_header_ops(struct ld *L, const struct node *m, int line, const 
 static void load_match(struct ld *L, const struct node *m, int line, const char *path,
                        struct polis_route_cfg *r)
 {
-    static const char *const keys[] = {"host", "path", "prefix", "methods", "headers", NULL};
+    static const char *const keys[] = {"host",    "path",    "prefix", "methods",
+                                       "headers", "cookies", NULL};
     char p[160];
     int kl = 0, kl2 = 0;
     const struct node *n, *n2;
@@ -1783,13 +3151,164 @@ static void load_match(struct ld *L, const struct node *m, int line, const char 
             }
         }
     }
+    if ((n = get(m, "cookies", &kl))) {
+        const char *expected = "a string value, or nothing (or true) for presence only";
+        join(p, sizeof(p), path, "cookies");
+        if (map_check(L, n, kl, p, NULL, "a mapping of cookie names to a value or nothing") &&
+            n->n) {
+            r->cookies = calloc(n->n / 2, sizeof(*r->cookies));
+            if (!r->cookies) {
+                L->d->oom = true;
+                return;
+            }
+            r->num_cookies = n->n / 2;
+            for (size_t i = 0; i < r->num_cookies; i++) {
+                const struct node *k = &n->kids[2 * i], *v = &n->kids[2 * i + 1];
+                struct polis_header_match *h = &r->cookies[i];
+                char vp[256];
+                bool ok = rd_str(L, k, k->line, p, "a cookie name", &h->name);
+                if (ok && !is_null(v) && bool_of(v) != 1) {
+                    join(vp, sizeof(vp), p, h->name);
+                    if (bool_of(v) == 0) {
+                        wrong(L, v, k->line, vp, expected);
+                        ok = false;
+                    } else {
+                        ok = rd_str(L, v, k->line, vp, expected, &h->value);
+                    }
+                }
+                diag_where(L->d, h, k->line, !ok);
+            }
+        }
+    }
+}
+
+/* split: a list of {subset, weight}. */
+static void load_splits(struct ld *L, const struct node *n, int line, const char *path,
+                        struct polis_route_cfg *r)
+{
+    static const char *const keys[] = {"subset", "weight", NULL};
+    const char *expected = "a list of {subset: {...}, weight: N}";
+
+    if (n->type != N_SEQ || n->n == 0) {
+        wrong(L, n, line, path, expected);
+        diag_where(L->d, &r->splits, line, true);
+        return;
+    }
+    r->splits = calloc(n->n, sizeof(*r->splits));
+    if (!r->splits) {
+        L->d->oom = true;
+        return;
+    }
+    r->num_splits = n->n;
+    bool ok = true;
+    for (size_t i = 0; i < n->n; i++) {
+        const struct node *it = &n->kids[i], *v;
+        struct polis_split_cfg *sp = &r->splits[i];
+        char ip[192], p[224];
+        int kl = 0;
+        snprintf(ip, sizeof(ip), "%s[%zu]", path, i);
+        if (it->type != N_MAP) {
+            wrong(L, it, it->line, ip, "a mapping with subset and weight");
+            ok = false;
+            continue;
+        }
+        map_check(L, it, it->line, ip, keys, NULL);
+        if ((v = get(it, "subset", &kl))) {
+            join(p, sizeof(p), ip, "subset");
+            load_subset(L, v, kl, p, &sp->subset);
+        }
+        if (get(it, "weight", &kl)) {
+            NUM_FIELD(L, it, ip, "weight", UNIT_NUM, 0, MAX_WEIGHT, sp->weight);
+        } else {
+            diag_add(L->d, it->line, "%s: no weight; expected weight: 0..%d", ip, MAX_WEIGHT);
+            diag_where(L->d, &sp->weight, it->line, true);
+        }
+    }
+    diag_where(L->d, &r->splits, line, !ok);
+}
+
+/* fault: injected delays and aborts. A delay or abort given without its percent applies to
+ * every request (100). */
+static void load_fault(struct ld *L, const struct node *m, int line, const char *path,
+                       struct polis_fault_cfg *f)
+{
+    static const char *const keys[] = {"delay", "delay_percent", "abort_status", "abort_percent",
+                                       NULL};
+    int kl = 0;
+
+    if (!map_check(L, m, line, path, keys,
+                   "a mapping with delay, delay_percent, abort_status and abort_percent")) {
+        diag_where(L->d, &f->delay_ms, line, true);
+        return;
+    }
+    if (!get(m, "delay", &kl))
+        diag_where(L->d, &f->delay_ms, line, false);
+    NUM_FIELD(L, m, path, "delay", UNIT_MS, 0, MAX_MS, f->delay_ms);
+    if (get(m, "delay", &kl) && !get(m, "delay_percent", &kl))
+        f->delay_percent = 100;
+    PCT_FIELD(L, m, path, "delay_percent", f->delay_percent);
+    NUM_FIELD(L, m, path, "abort_status", UNIT_NUM, 200, 599, f->abort_status);
+    if (get(m, "abort_status", &kl) && !get(m, "abort_percent", &kl))
+        f->abort_percent = 100;
+    PCT_FIELD(L, m, path, "abort_percent", f->abort_percent);
+}
+
+/* mirror: its presence enables it (unless enabled: false). */
+static void load_mirror(struct ld *L, const struct node *m, int line, const char *path,
+                        struct polis_mirror_cfg *mi)
+{
+    static const char *const keys[] = {"enabled",         "subset",        "percent",
+                                       "compare_headers", "ignore_fields", NULL};
+    char p[160];
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, path, keys, "a mapping of mirror settings")) {
+        diag_where(L->d, &mi->enabled, line, true);
+        return;
+    }
+    mi->enabled = true;
+    mi->percent = 100;
+    if (!bool_field(L, m, path, "enabled", &mi->enabled))
+        diag_where(L->d, &mi->enabled, line, false);
+    if ((n = get(m, "subset", &kl))) {
+        join(p, sizeof(p), path, "subset");
+        load_subset(L, n, kl, p, &mi->subset);
+    }
+    PCT_FIELD(L, m, path, "percent", mi->percent);
+    if ((n = get(m, "compare_headers", &kl))) {
+        join(p, sizeof(p), path, "compare_headers");
+        bool ok = load_strv(L, n, kl, p, "a list of header names like [content-type]",
+                            "a header name", &mi->compare_headers, &mi->num_compare_headers);
+        diag_where(L->d, &mi->compare_headers, kl, !ok);
+    }
+    if ((n = get(m, "ignore_fields", &kl))) {
+        join(p, sizeof(p), path, "ignore_fields");
+        bool ok = load_strv(L, n, kl, p, "a list of JSON field paths like [timestamp, meta.id]",
+                            "a JSON field path", &mi->ignore_fields, &mi->num_ignore_fields);
+        diag_where(L->d, &mi->ignore_fields, kl, !ok);
+    }
 }
 
 static void load_route(struct ld *L, const struct node *m, size_t idx)
 {
-    static const char *const keys[] = {
-        "name",     "match",   "cluster",         "strip_prefix",     "rewrite",
-        "max_body", "timeout", "request_headers", "response_headers", NULL};
+    static const char *const keys[] = {"name",
+                                       "match",
+                                       "cluster",
+                                       "strip_prefix",
+                                       "rewrite",
+                                       "max_body",
+                                       "timeout",
+                                       "request_headers",
+                                       "response_headers",
+                                       "subset",
+                                       "split",
+                                       "fault",
+                                       "mirror",
+                                       "retry",
+                                       "retry_idempotency_key",
+                                       "max_concurrent",
+                                       NULL};
     struct polis_route_cfg *r = &L->cfg->routes[idx];
     char path[64], p[160];
     int kl = 0;
@@ -1833,15 +3352,50 @@ static void load_route(struct ld *L, const struct node *m, size_t idx)
         join(p, sizeof(p), path, "response_headers");
         load_header_ops(L, n, kl, p, &r->response_headers);
     }
+    int sub_line = 0;
+    if ((n = get(m, "subset", &sub_line))) {
+        join(p, sizeof(p), path, "subset");
+        load_subset(L, n, sub_line, p, &r->subset);
+    }
+    if ((n = get(m, "split", &kl))) {
+        join(p, sizeof(p), path, "split");
+        if (sub_line) {
+            diag_add(L->d, kl, "%s: set together with subset; expected only one of them", p);
+            diag_where(L->d, &r->splits, kl, true);
+        } else {
+            load_splits(L, n, kl, p, r);
+        }
+    }
+    if ((n = get(m, "fault", &kl))) {
+        join(p, sizeof(p), path, "fault");
+        load_fault(L, n, kl, p, &r->fault);
+    }
+    if ((n = get(m, "mirror", &kl))) {
+        join(p, sizeof(p), path, "mirror");
+        load_mirror(L, n, kl, p, &r->mirror);
+    }
+    if ((n = get(m, "retry", &kl))) {
+        join(p, sizeof(p), path, "retry");
+        r->retry = calloc(1, sizeof(*r->retry));
+        if (!r->retry) {
+            L->d->oom = true;
+            return;
+        }
+        retry_defaults(r->retry);
+        load_retry(L, n, kl, p, r->retry);
+        diag_where(L->d, &r->retry, kl, false);
+    }
+    bool_field(L, m, path, "retry_idempotency_key", &r->retry_idempotency_key);
+    NUM_FIELD(L, m, path, "max_concurrent", UNIT_NUM, 0, MAX_CONNECTIONS, r->max_concurrent);
 }
 
 /* Returns false when the document is not a mapping (nothing else is worth checking then). */
 static bool load_root(struct ld *L, const struct node *root)
 {
     static const char *const keys[] = {
-        "workers",           "listen",    "admin",  "admin_token", "access_log",
-        "access_log_fields", "error_log", "limits", "timeouts",    "tracing",
-        "clusters",          "routes",    NULL};
+        "workers",           "listen",    "admin",    "admin_token", "access_log",
+        "access_log_fields", "error_log", "limits",   "timeouts",    "tracing",
+        "clusters",          "routes",    "registry", NULL};
     struct polis_config *cfg = L->cfg;
     int kl = 0;
     const struct node *n;
@@ -1888,6 +3442,8 @@ static bool load_root(struct ld *L, const struct node *root)
         load_timeouts(L, n, kl);
     if ((n = get(root, "tracing", &kl)))
         load_tracing(L, n, kl);
+    if ((n = get(root, "registry", &kl)))
+        load_registry(L, n, kl);
     if ((n = get(root, "clusters", &kl))) {
         if (n->type == N_SEQ && n->n) {
             cfg->clusters = calloc(n->n, sizeof(*cfg->clusters));

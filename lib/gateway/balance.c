@@ -17,7 +17,7 @@
 #define GOLDEN 0x9e3779b97f4a7c15ull
 
 struct polis_lb {
-    const struct polis_cluster_cfg *c;
+    const struct polis_instance_cfg *v; /* the instances balanced over (outlive the balancer) */
     enum polis_lb_kind kind;
     size_t n;
     uint32_t *weight;    /* n weights, 0 read as 1 */
@@ -105,7 +105,7 @@ static int point_cmp(const void *a, const void *b)
  * others come or go) and its rank among instances with the same text. */
 static int build_ring(struct polis_lb *lb)
 {
-    const struct polis_cluster_cfg *c = lb->c;
+    const struct polis_instance_cfg *v = lb->v;
     uint64_t per = RING_POINTS_PER_WEIGHT;
     bool scaled = lb->total * per > RING_MAX_POINTS;
     size_t total = 0;
@@ -122,11 +122,11 @@ static int build_ring(struct polis_lb *lb)
 
     size_t np = 0;
     for (size_t i = 0; i < lb->n; i++) {
-        const char *text = c->instances[i].addr.text;
-        size_t tlen = strnlen(text, sizeof(c->instances[i].addr.text));
+        const char *text = v[i].addr.text;
+        size_t tlen = strnlen(text, sizeof(v[i].addr.text));
         uint64_t dup = 0;
         for (size_t j = 0; j < i; j++)
-            dup += strncmp(c->instances[j].addr.text, text, sizeof(c->instances[j].addr.text)) == 0;
+            dup += strncmp(v[j].addr.text, text, sizeof(v[j].addr.text)) == 0;
         uint64_t base = hash64(text, tlen, dup);
         uint64_t k =
             scaled ? lb->weight[i] * (uint64_t)RING_MAX_POINTS / lb->total : lb->weight[i] * per;
@@ -165,24 +165,25 @@ nomem:
     return POLIS_ENOMEM;
 }
 
-int polis__lb_new(const struct polis_cluster_cfg *c, struct polis_lb **out)
+int polis__lb_new(const struct polis_cluster_cfg *c, const struct polis_instance_cfg *v, size_t n,
+                  struct polis_lb **out)
 {
     /* The sum of weights must stay below 2^32 for rng_below(). */
-    if (c->num_instances == 0 || c->num_instances > 100000)
+    if (n == 0 || n > 100000)
         return POLIS_EINVAL;
     struct polis_lb *lb = calloc(1, sizeof(*lb));
     if (!lb)
         return POLIS_ENOMEM;
-    lb->c = c;
+    lb->v = v;
     lb->kind = c->lb;
-    lb->n = c->num_instances;
+    lb->n = n;
     lb->weight = malloc(lb->n * sizeof(*lb->weight));
     lb->cumweight = malloc(lb->n * sizeof(*lb->cumweight));
     if (!lb->weight || !lb->cumweight)
         goto nomem;
     lb->equal = true;
     for (size_t i = 0; i < lb->n; i++) {
-        uint32_t w = c->instances[i].weight ? c->instances[i].weight : 1;
+        uint32_t w = v[i].weight ? v[i].weight : 1;
         if (w > 10000) /* the configuration range; keeps the sum below 2^32 */
             w = 10000;
         lb->weight[i] = w;
@@ -353,6 +354,12 @@ size_t polis__lb_pick(const struct polis_lb *lb, struct polis_lb_state *st, stru
     }
     st->active[i]++;
     return i;
+}
+
+void polis__lb_take(struct polis_lb_state *st, size_t idx)
+{
+    if (idx < st->lb->n)
+        st->active[idx]++;
 }
 
 void polis__lb_done(struct polis_lb_state *st, size_t idx)

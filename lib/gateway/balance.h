@@ -12,8 +12,11 @@ struct polis_lb;
 /* The mutable part, one per worker per cluster: cursors and active request counts. */
 struct polis_lb_state;
 
-/* Build a balancer for cluster c (which must outlive it). Returns 0 and *out, or POLIS_ENOMEM. */
-int polis__lb_new(const struct polis_cluster_cfg *c, struct polis_lb **out);
+/* Build a balancer of cluster c's kind over the n instances v (n >= 1; v must outlive it: the
+ * whole cluster, or a subset of it). Returns 0 and *out, POLIS_EINVAL (n is 0) or
+ * POLIS_ENOMEM. */
+int polis__lb_new(const struct polis_cluster_cfg *c, const struct polis_instance_cfg *v, size_t n,
+                  struct polis_lb **out);
 void polis__lb_free(struct polis_lb *lb);
 
 /* Per-worker state for lb; seed makes each worker's random choices differ. NULL on ENOMEM. */
@@ -25,6 +28,8 @@ void polis__lb_state_free(struct polis_lb_state *st);
  * valid: a cluster has at least one instance) and, for least-request, counts it active until
  * polis__lb_done(). */
 size_t polis__lb_pick(const struct polis_lb *lb, struct polis_lb_state *st, struct polis_str key);
+/* Count instance idx active as if picked (a choice made by the caller instead). */
+void polis__lb_take(struct polis_lb_state *st, size_t idx);
 /* The request sent to instance idx ended (whatever the outcome). */
 void polis__lb_done(struct polis_lb_state *st, size_t idx);
 

@@ -5,6 +5,9 @@
 #include "config/config.h"
 #include "gateway/balance.h"
 #include "gateway/router.h"
+#include "resil/breaker.h"
+#include "resil/outlier.h"
+#include "resil/retry.h"
 #include <polis/http.h>
 #include <polis/metrics.h>
 
@@ -41,27 +44,122 @@ struct gw_route_slots {
     uint32_t duration, bytes_in, bytes_out;
 };
 
+/* Why a request was refused before reaching an instance (polis_upstream_rejected_total). */
+enum gw_reject {
+    GW_REJ_BREAKER,      /* the cluster's circuit breaker is open */
+    GW_REJ_NO_INSTANCE,  /* no instance available (none, or all unhealthy, ejected, open) */
+    GW_REJ_MAX_REQUESTS, /* bulkheads */
+    GW_REJ_MAX_PENDING,
+    GW_REJ_MAX_CONNECTIONS,
+    GW_REJ_ROUTE_CONCURRENCY,
+    GW_REJ__COUNT
+};
+
 struct gw_cluster_slots {
-    uint32_t duration, connections, reused, retries;
+    uint32_t duration, connections, reused, retries, ejections, budget_exhausted;
     uint32_t errors[GW_UPSTREAM_ERRORS];
+    uint32_t rejected[GW_REJ__COUNT];
 };
 
 struct gw_metrics {
     struct polis_metrics *reg;
     struct polis_metric *requests, *duration, *bytes_in, *bytes_out;
     struct polis_metric *upstream_duration, *upstream_errors, *upstream_conns, *upstream_reused;
-    struct polis_metric *upstream_retries;
+    struct polis_metric *upstream_retries, *upstream_rejected, *ejections, *budget_exhausted;
+    struct polis_metric *disc_propagation;
+    uint32_t disc_propagation_slot;
     struct polis_metric *conns_active, *conns_total, *upstream_idle;
     uint32_t conns_active_slot, conns_total_slot;
     struct polis_metrics_shard *main_shard; /* the main thread's (build info) */
+    struct polis_metrics_shard *disc_shard; /* the discovery thread's */
+};
+
+/* ---- Upstream state kept across snapshots (upstream.c) ----------------------------------- */
+
+enum gw_admin_state { GW_INST_ACTIVE = 0, GW_INST_DRAINING, GW_INST_DISABLED };
+
+/* Gateway-wide state of one instance of one cluster (by address), shared by every snapshot that
+ * lists it and every worker; freed when the last snapshot listing it goes. */
+struct gw_istate {
+    struct gw_cstate *cs;
+    struct polis_addr addr;
+    int refs;             /* snapshots listing it (under gw->state_lock) */
+    atomic_bool hc_down;  /* active health checks say unhealthy */
+    atomic_int admin;     /* enum gw_admin_state, set through the admin API */
+    atomic_uint weight;   /* 0: as configured or discovered; else set by the admin API */
+    atomic_uint inflight; /* requests on it now, over all workers */
+    struct polis_outlier_inst outlier;
+    struct polis_breaker *_Atomic breaker; /* instance_circuit_breaker, or NULL */
+    struct gw_istate *next;                /* in gw->istates */
+};
+
+/* Gateway-wide state of one cluster (by name), kept across reloads and discovery changes. */
+struct gw_cstate {
+    char *name;
+    struct polis_gateway *gw;
+    struct polis_breaker *_Atomic breaker; /* circuit_breaker, or NULL */
+    struct polis_breaker_cfg bcfg, ibcfg;  /* what the breakers were made from */
+    struct polis_outlier_cluster outlier;
+    struct polis_retry_budget budget;
+    atomic_uint conns, pending, requests; /* bulkheads */
+    atomic_uint_fast64_t rejected;        /* requests refused by a bulkhead or the breaker */
+    /* Discovery (under gw->disc_lock). */
+    char *dkey;   /* what identifies the running source's settings; NULL: static */
+    void *source; /* the running source */
+    int skind;    /* its enum polis_discovery_kind */
+    struct polis_instance_cfg *set; /* the last set it reported */
+    size_t set_n;
+    bool have_set;
+    uint64_t changed_ns; /* when the last change arrived (monotonic), until it is published */
+    struct gw_cstate *next;
+};
+
+/* A configuration shared by the snapshots built from it (a discovery change makes a new snapshot
+ * of the same configuration). */
+struct gw_cfgref {
+    struct polis_config *cfg;
+    atomic_int refs;
+    atomic_uint *route_active; /* [num_routes]: requests in flight per route (max_concurrent) */
+};
+
+/* A balancer over some instances of one cluster: all of them, or a subset by metadata. */
+struct gw_group {
+    size_t cluster;
+    size_t *members;                 /* indices into the cluster's instances */
+    struct polis_instance_cfg *view; /* their entries, in order, for the balancer (shallow) */
+    size_t n;
+    struct polis_lb *lb; /* NULL when n is 0 */
+};
+
+/* A cluster in a snapshot: its instances at the time. */
+struct gw_crt {
+    struct polis_instance_cfg *insts; /* owned copies */
+    size_t n;
+    struct gw_istate **st; /* [n] */
+    struct gw_cstate *cs;
+};
+
+/* A route in a snapshot: where its traffic goes. */
+struct gw_rrt {
+    size_t group;         /* without splits */
+    size_t *split_groups; /* with splits: nsplit groups and cumulative weights */
+    uint32_t *split_cum;
+    size_t nsplit;
+    uint32_t split_total;
+    size_t mirror_group; /* SIZE_MAX: no mirroring */
 };
 
 /* An immutable configuration with everything compiled from it; shared read-only by workers. */
 struct gw_snapshot {
-    struct polis_config *cfg;
+    struct polis_config *cfg; /* cref->cfg */
+    struct gw_cfgref *cref;
+    struct polis_gateway *gw;
     struct polis_router *router;
-    struct polis_lb **lbs;             /* one per cluster */
-    struct polis_lb_state **lb_states; /* [worker * num_clusters + cluster] */
+    struct gw_crt *clusters; /* [num_clusters] */
+    struct gw_group *groups; /* [ngroups]: groups[c] is the whole of cluster c */
+    size_t ngroups;
+    struct gw_rrt *routes;             /* [num_routes] */
+    struct polis_lb_state **lb_states; /* [worker * ngroups + group] */
     size_t *inst_base;                 /* first global instance index of each cluster */
     size_t num_instances;              /* over all clusters */
     atomic_int refs;                   /* one per worker still using it, one for the gateway */
@@ -108,6 +206,7 @@ struct gw_worker {
     struct polis_buf alog; /* access log lines not yet written */
     char *spare;           /* a block for reads by connections that hold none */
     uint64_t req_seq;
+    uint64_t rng; /* fault rolls, splits, backoff jitter */
     char id_prefix[17];
     bool draining;
     bool stopped;
@@ -119,9 +218,36 @@ struct gw_worker {
     void *test_ud;
 };
 
+/* Splits of a route set through the admin API: they replace the configuration's until deleted
+ * (kept across reloads, by route name). */
+struct gw_split_override {
+    char *route;
+    struct polis_split_cfg *splits;
+    size_t n;
+    struct gw_split_override *next;
+};
+
 struct polis_gateway {
     struct gw_snapshot *_Atomic snap;
-    pthread_mutex_t snap_lock; /* publishing a snapshot vs. a worker taking a reference */
+    pthread_mutex_t snap_lock;    /* publishing a snapshot vs. a worker taking a reference */
+    pthread_mutex_t rebuild_lock; /* building and publishing snapshots (reload, discovery, admin) */
+    struct gw_cfgref *cref;       /* the configuration in use (under rebuild_lock) */
+    struct gw_split_override *overrides; /* under rebuild_lock */
+    pthread_mutex_t state_lock;          /* the lists below */
+    struct gw_cstate *cstates;
+    struct gw_istate *istates;
+    struct polis_breaker **retired; /* breakers replaced by a reload (permits may still point to
+                                       them): freed with the gateway */
+    size_t num_retired;
+    /* Discovery: sources report to the discovery thread, which publishes snapshots. */
+    pthread_mutex_t disc_lock;
+    pthread_cond_t disc_cond;
+    pthread_t disc_thread;
+    bool disc_running, disc_stop, disc_dirty;
+    struct polis_hc *hc;             /* active health checks, or NULL */
+    struct polis_registry *registry; /* the embedded registry, or NULL */
+    bool upstream_ready;             /* polis__upstream_init() succeeded */
+    int snap_workers;                /* workers every snapshot is built for */
     atomic_uint_fast64_t version;
     struct gw_worker *workers;
     int num_workers;
@@ -138,9 +264,36 @@ struct polis_gateway {
     _Atomic uint64_t loaded_unix; /* when the configuration in use was loaded */
 };
 
-/* Snapshots (snapshot.c). gm: the registry its series are resolved in. */
-int polis__snapshot_new(struct polis_config *cfg, int workers, uint64_t version,
-                        struct gw_metrics *gm, struct gw_snapshot **out);
+/* Snapshots (snapshot.c): build one of configuration cref with the instances known now (under
+ * gw->rebuild_lock). Returns 0 and *out (holding a reference to cref), or POLIS_ENOMEM. */
+int polis__snapshot_new(struct polis_gateway *gw, struct gw_cfgref *cref, uint64_t version,
+                        struct gw_snapshot **out);
+/* Wrap a configuration (taken over on success). NULL on ENOMEM. */
+struct gw_cfgref *polis__cfgref_new(struct polis_config *cfg);
+void polis__cfgref_unref(struct gw_cfgref *r);
+
+/* Upstream state (upstream.c). */
+int polis__upstream_init(struct polis_gateway *gw);
+void polis__upstream_fini(struct polis_gateway *gw);
+void polis__upstream_free(struct polis_gateway *gw);
+/* The state of cluster name, created on first use (breakers from c). NULL on ENOMEM. Under
+ * rebuild_lock. */
+struct gw_cstate *polis__cstate_get(struct polis_gateway *gw, const struct polis_cluster_cfg *c);
+/* A reference to the state of the instance at addr in cs, created on first use. */
+struct gw_istate *polis__istate_ref(struct gw_cstate *cs, const struct polis_addr *addr,
+                                    const struct polis_cluster_cfg *c);
+void polis__istate_unref(struct gw_istate *st);
+/* Start, keep or stop the discovery sources and health checks of the clusters of cfg (under
+ * rebuild_lock, before the snapshot of cfg is built). */
+int polis__upstream_apply(struct polis_gateway *gw, const struct polis_config *cfg);
+/* Build a snapshot of the current configuration and instances and publish it (under
+ * rebuild_lock). version: 0 for the next one. */
+int polis__gateway_publish(struct polis_gateway *gw, struct gw_cfgref *cref);
+/* Whether an instance may take a new request now (health, ejection, admin state, breaker). */
+bool polis__istate_available(struct gw_istate *st, const struct polis_cluster_cfg *c,
+                             uint64_t now_ms);
+/* Monotonic milliseconds (outlier and breaker clocks). */
+uint64_t polis__now_ms(void);
 
 /* Metrics (gwmetrics.c). init declares the families (gw is read by scrape-time gauges). */
 int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw);
@@ -171,6 +324,9 @@ void polis__pools_close_all(struct gw_worker *wk);
 int polis__worker_setup(struct polis_gateway *gw, struct gw_worker *wk, int id,
                         struct gw_snapshot *s);
 void polis__worker_teardown(struct gw_worker *wk);
+
+/* The admin listener's handler (admin.c); ud is the gateway. */
+void polis__admin_handler(const struct polis_request *req, struct polis_response *res, void *ud);
 
 /* Worker snapshots (worker.c). */
 void polis__wsnap_unref(struct gw_worker *wk, struct gw_wsnap *ws);

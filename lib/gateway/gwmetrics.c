@@ -103,8 +103,27 @@ int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw)
         instance_only, NULL, 0);
     gm->upstream_retries = polis_metrics_family(
         m, POLIS_METRIC_COUNTER, "polis_upstream_retries_total",
-        "Requests sent again on a fresh connection after a kept-alive one turned out closed.",
+        "Upstream attempts after the first of a request (retry policy, or a kept-alive "
+        "connection found closed).",
         cluster_only, NULL, 0);
+    static const char *const cluster_reason[] = {"cluster", "reason", NULL};
+    gm->upstream_rejected = polis_metrics_family(
+        m, POLIS_METRIC_COUNTER, "polis_upstream_rejected_total",
+        "Requests answered 503 without reaching an instance: breaker_open, no_instance, "
+        "max_requests, max_pending, max_connections, route_max_concurrent.",
+        cluster_reason, NULL, 0);
+    gm->ejections =
+        polis_metrics_family(m, POLIS_METRIC_COUNTER, "polis_outlier_ejections_total",
+                             "Instances ejected by outlier detection.", cluster_only, NULL, 0);
+    gm->budget_exhausted = polis_metrics_family(
+        m, POLIS_METRIC_COUNTER, "polis_retry_budget_exhausted_total",
+        "Retries not made because the retry budget was spent.", cluster_only, NULL, 0);
+    static const double prop_buckets[] = {0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1};
+    gm->disc_propagation = polis_metrics_family(
+        m, POLIS_METRIC_HISTOGRAM, "polis_discovery_propagation_seconds",
+        "Time from a discovery source reporting a change to the workers being handed the new "
+        "instances.",
+        NULL, prop_buckets, sizeof(prop_buckets) / sizeof(prop_buckets[0]));
     gm->conns_active = polis_metrics_family(m, POLIS_METRIC_GAUGE, "polis_connections_active",
                                             "Client connections open now.", NULL, NULL, 0);
     gm->conns_total = polis_metrics_family(m, POLIS_METRIC_COUNTER, "polis_connections_total",
@@ -116,16 +135,19 @@ int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw)
         gm->bytes_out == NULL || gm->upstream_duration == NULL || gm->upstream_errors == NULL ||
         gm->upstream_conns == NULL || gm->upstream_reused == NULL || gm->conns_active == NULL ||
         gm->conns_total == NULL || gm->upstream_idle == NULL || gm->upstream_retries == NULL ||
-        build == NULL)
+        gm->upstream_rejected == NULL || gm->ejections == NULL || gm->budget_exhausted == NULL ||
+        gm->disc_propagation == NULL || build == NULL)
         goto fail;
     uint32_t build_slot;
     const char *const version[] = {POLIS_VERSION, NULL};
     if (polis_metric_series(gm->conns_active, NULL, &gm->conns_active_slot) < 0 ||
         polis_metric_series(gm->conns_total, NULL, &gm->conns_total_slot) < 0 ||
-        polis_metric_series(build, version, &build_slot) < 0)
+        polis_metric_series(build, version, &build_slot) < 0 ||
+        polis_metric_series(gm->disc_propagation, NULL, &gm->disc_propagation_slot) < 0)
         goto fail;
     gm->main_shard = polis_metrics_shard_new(m);
-    if (gm->main_shard == NULL)
+    gm->disc_shard = polis_metrics_shard_new(m);
+    if (gm->main_shard == NULL || gm->disc_shard == NULL)
         goto fail;
     polis_gauge_add(gm->main_shard, build_slot, 1);
     if (polis_metrics_gauge_fn(m, "process_resident_memory_bytes", "Resident memory size.",
@@ -191,6 +213,17 @@ int polis__gw_metrics_resolve(struct gw_metrics *gm, struct gw_snapshot *s)
             rc = polis_metric_series(gm->upstream_reused, v, &cs->reused);
         if (rc == 0)
             rc = polis_metric_series(gm->upstream_retries, v, &cs->retries);
+        if (rc == 0)
+            rc = polis_metric_series(gm->ejections, v, &cs->ejections);
+        if (rc == 0)
+            rc = polis_metric_series(gm->budget_exhausted, v, &cs->budget_exhausted);
+        static const char *const reasons[GW_REJ__COUNT] = {
+            "breaker_open", "no_instance",     "max_requests",
+            "max_pending",  "max_connections", "route_max_concurrent"};
+        for (int k = 0; k < GW_REJ__COUNT && rc == 0; k++) {
+            const char *const e[] = {cfg->clusters[i].name, reasons[k], NULL};
+            rc = polis_metric_series(gm->upstream_rejected, e, &cs->rejected[k]);
+        }
         for (int k = 0; k < GW_UPSTREAM_ERRORS && rc == 0; k++) {
             const char *const e[] = {cfg->clusters[i].name, upstream_error_kinds[k], NULL};
             rc = polis_metric_series(gm->upstream_errors, e, &cs->errors[k]);

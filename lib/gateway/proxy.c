@@ -30,6 +30,7 @@ struct gw_uconn {
     struct gw_worker *wk;
     struct gw_pool *pool;
     struct gw_dconn *owner; /* NULL while idle in the pool */
+    struct gw_cstate *cs;   /* counted in its bulkhead of connections, or NULL */
     struct gw_uconn *next;  /* in the pool's idle list */
     struct polis_buf in;    /* response bytes */
     uint64_t idle_since;    /* loop time it went back to the pool */
@@ -41,6 +42,21 @@ struct gw_req {
     const struct polis_route_cfg *route;
     const struct polis_cluster_cfg *cluster;
     size_t cluster_idx, inst;
+    /* Resilience: the instance of the current attempt and what the request holds. */
+    size_t route_idx, group, member; /* member: the balancer's index in the group */
+    struct gw_cstate *cs;
+    struct gw_istate *ist; /* NULL between attempts */
+    const struct polis_retry_cfg *retry;
+    struct polis_breaker *cbreaker, *ibreaker; /* the breakers the permits come from */
+    struct polis_breaker_permit cperm, iperm;
+    uint64_t start_ms, attempt_ms, deadline_ms; /* loop clock */
+    uint32_t retry_after_s;                     /* for a 503 of the gateway's own: Retry-After */
+    uint8_t tries;  /* attempts under the retry policy (the first is 1) */
+    uint64_t tried; /* instances tried (bit i % 64): retries go elsewhere */
+    bool counted_route, counted_requests, counted_budget, counted_retry, counted_pending;
+    bool retryable; /* idempotent, or Idempotency-Key where the route allows it */
+    bool waiting;   /* a fault delay or a retry backoff runs: no connection yet */
+    bool repick;    /* when the wait ends, pick another instance (a retry) */
     struct gw_uconn *up;
     struct polis_buf hbuf; /* the head sent upstream (kept for a replay on a stale connection) */
     size_t hsent;
@@ -88,8 +104,9 @@ enum dstate { D_IDLE, D_HEAD, D_REQUEST, D_LINGER };
 struct gw_dconn {
     struct polis_watch w; /* first */
     struct polis_io io;
-    struct polis_timer timer;     /* the phase's timeout: head, body, idle, slow reader */
-    struct polis_timer req_timer; /* timeouts.request: from the parsed head to the last byte */
+    struct polis_timer timer;      /* the phase's timeout: head, body, idle, slow reader */
+    struct polis_timer req_timer;  /* timeouts.request: from the parsed head to the last byte */
+    struct polis_timer wait_timer; /* a fault delay or a retry's backoff */
     struct gw_worker *wk;
     struct gw_dconn *next, *prev;
     struct polis_buf in;
@@ -116,6 +133,8 @@ static int upstream_failed(struct gw_dconn *c, int status, const char *why,
 
 static void u_free(struct gw_uconn *u)
 {
+    if (u->cs != NULL)
+        atomic_fetch_sub_explicit(&u->cs->conns, 1, memory_order_relaxed);
     polis_timer_cancel(u->wk->loop, &u->timer);
     if (u->io.fd >= 0) { /* in-memory peers (tests) have no descriptor */
         polis_loop_del(u->wk->loop, &u->w);
@@ -261,6 +280,7 @@ fail_close : {
 static void d_event(struct polis_loop *loop, struct polis_watch *w, unsigned events);
 static void d_timeout(struct polis_loop *loop, struct polis_timer *t);
 static void d_request_timeout(struct polis_loop *loop, struct polis_timer *t);
+static void d_wait_done(struct polis_loop *loop, struct polis_timer *t);
 
 static void req_release(struct gw_dconn *c);
 static bool alog_on(const struct gw_worker *wk);
@@ -319,6 +339,7 @@ static void d_start(struct gw_worker *wk, const struct polis_io *io,
     c->w.fd = io->fd;
     polis_timer_init(&c->timer, d_timeout);
     polis_timer_init(&c->req_timer, d_request_timeout);
+    polis_timer_init(&c->wait_timer, d_wait_done);
     polis_buf_init(&c->in, cfg->limits.max_header_bytes > POLIS_BLOCK_SIZE
                                ? cfg->limits.max_header_bytes
                                : POLIS_BLOCK_SIZE);
@@ -754,7 +775,7 @@ static void trace_attempt(struct gw_dconn *c)
                          (struct polis_str){r->span != NULL ? r->span->text : "proxy",
                                             r->span != NULL ? r->span->name_len : 5});
         memcpy(r->cspan->span_id, ctx.span_id, 8);
-        const struct polis_addr *a = &r->cluster->instances[r->inst].addr;
+        const struct polis_addr *a = &r->ws->snap->clusters[r->cluster_idx].insts[r->inst].addr;
         const char *colon = strrchr(a->text, ':');
         size_t hostlen = colon != NULL ? (size_t)(colon - a->text) : strlen(a->text);
         polis_span_attr_str(r->cspan, "server.address", (struct polis_str){a->text, hostlen});
@@ -881,7 +902,7 @@ static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
         append_str(b, m->headers[hi].value);
         APPEND_LIT(b, "\r\n");
     } else { /* HTTP/1.0 without Host: HTTP/1.1 requires one, so name the instance */
-        const char *addr = r->cluster->instances[r->inst].addr.text;
+        const char *addr = r->ws->snap->clusters[r->cluster_idx].insts[r->inst].addr.text;
         APPEND_LIT(b, "Host: ");
         polis_buf_append(b, addr, strlen(addr));
         APPEND_LIT(b, "\r\n");
@@ -984,9 +1005,12 @@ static void error_response(struct gw_dconn *c, int status, const char *code, con
     r->dsent = 0;
     polis_buf_printf(b,
                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                     "X-Request-Id: %.*s\r\n%s\r\n",
+                     "X-Request-Id: %.*s\r\n%s",
                      status, polis_http_reason(status), n, (int)r->request_id_len, r->request_id,
                      c->close_after ? "Connection: close\r\n" : "");
+    if (r->retry_after_s > 0)
+        polis_buf_printf(b, "Retry-After: %u\r\n", r->retry_after_s);
+    APPEND_LIT(b, "\r\n");
     if (!r->head_request)
         polis_buf_append(b, body, (size_t)n);
     r->status = status;
@@ -994,6 +1018,298 @@ static void error_response(struct gw_dconn *c, int status, const char *code, con
     r->resp_done = true;
     r->resp_mode = BODY_NONE;
     r->resp_ready = 0;
+}
+
+/* ---- Resilience: instances, breakers, bulkheads, retries ------------------------------------- */
+
+enum att { ATT_OK, ATT_5XX, ATT_GW_STATUS, ATT_CONNECT, ATT_RESET, ATT_TIMEOUT, ATT_CANCEL };
+
+static int req_connect(struct gw_dconn *c, bool fresh);
+
+static uint64_t wk_rand(struct gw_worker *wk)
+{
+    wk->rng += 0x9e3779b97f4a7c15ull; /* splitmix64 */
+    uint64_t z = wk->rng;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* True with probability percent / 100. */
+static bool roll(struct gw_worker *wk, double percent)
+{
+    if (percent <= 0)
+        return false;
+    if (percent >= 100)
+        return true;
+    return (double)(wk_rand(wk) >> 11) * (1.0 / 9007199254740992.0) * 100.0 < percent;
+}
+
+static struct polis_lb_state *group_state(const struct gw_dconn *c, size_t g)
+{
+    const struct gw_snapshot *s = c->r.ws->snap;
+    return s->lb_states[(size_t)c->wk->id * s->ngroups + g];
+}
+
+/* The attempt on r->ist ended: tell its breaker and outlier detection, free its balancer slot. */
+static void attempt_end(struct gw_dconn *c, enum att kind)
+{
+    struct gw_req *r = &c->r;
+    struct gw_istate *ist = r->ist;
+    if (ist == NULL)
+        return;
+    uint64_t now = polis_loop_now(c->wk->loop);
+    if (r->iperm.kind != POLIS_PERMIT_NONE)
+        polis__breaker_release(r->ibreaker, &r->iperm,
+                               kind == ATT_OK       ? POLIS_OUTCOME_SUCCESS
+                               : kind == ATT_CANCEL ? POLIS_OUTCOME_CANCELLED
+                                                    : POLIS_OUTCOME_FAILURE,
+                               now - r->attempt_ms, now);
+    if (kind != ATT_CANCEL && r->cluster->outlier.enabled) {
+        static const enum polis_call_kind map[] = {
+            POLIS_CALL_OK,      POLIS_CALL_5XX,   POLIS_CALL_GATEWAY_STATUS,
+            POLIS_CALL_CONNECT, POLIS_CALL_RESET, POLIS_CALL_TIMEOUT};
+        if (polis__outlier_record(&r->cluster->outlier, &r->cs->outlier, &ist->outlier, map[kind],
+                                  now)) {
+            polis_counter_add(c->wk->shard, r->ws->snap->cluster_slots[r->cluster_idx].ejections,
+                              1);
+            polis_warn("outlier detection: %s of cluster %s ejected", ist->addr.text,
+                       r->cluster->name);
+        }
+    }
+    if (r->counted_pending) {
+        atomic_fetch_sub_explicit(&r->cs->pending, 1, memory_order_relaxed);
+        r->counted_pending = false;
+    }
+    atomic_fetch_sub_explicit(&ist->inflight, 1, memory_order_relaxed);
+    polis__lb_done(group_state(c, r->group), r->member);
+    r->ist = NULL;
+}
+
+/* Take instance i (member m of the request's group) for the next attempt: its breaker permit
+ * when it has one. Returns false when its breaker refuses. */
+static bool take_instance(struct gw_dconn *c, size_t m, size_t i, bool counted)
+{
+    struct gw_req *r = &c->r;
+    struct gw_istate *ist = r->ws->snap->clusters[r->cluster_idx].st[i];
+    struct polis_breaker *b = atomic_load_explicit(&ist->breaker, memory_order_acquire);
+    r->iperm.kind = POLIS_PERMIT_NONE;
+    if (b != NULL && !polis__breaker_acquire(b, polis_loop_now(c->wk->loop), &r->iperm, NULL)) {
+        if (counted)
+            polis__lb_done(group_state(c, r->group), m);
+        return false;
+    }
+    if (!counted)
+        polis__lb_take(group_state(c, r->group), m);
+    r->ibreaker = b;
+    r->member = m;
+    r->inst = i;
+    r->tried |= 1ull << (i % 64);
+    r->ist = ist;
+    atomic_fetch_add_explicit(&ist->inflight, 1, memory_order_relaxed);
+    return true;
+}
+
+/* Pick an instance of the request's group: the balancer's choice when it is available (not
+ * unhealthy, ejected, drained, disabled or open), else the next available one, avoiding the
+ * instances the request already tried while another exists. Below the cluster's panic
+ * threshold of available instances, health is ignored (ejections and admin states too, not the
+ * admin's disabled). Returns false when no instance can take the request. */
+static bool pick_instance(struct gw_dconn *c, struct polis_str key)
+{
+    struct gw_req *r = &c->r;
+    const struct gw_snapshot *s = r->ws->snap;
+    const struct gw_group *g = &s->groups[r->group];
+    if (g->n == 0)
+        return false;
+    const struct gw_crt *cr = &s->clusters[r->cluster_idx];
+    struct polis_lb_state *st = group_state(c, r->group);
+    uint64_t now = polis_loop_now(c->wk->loop);
+    uint64_t tried = r->tried;
+#define TRIED(i) ((tried >> ((i) % 64)) & 1)
+    size_t m = polis__lb_pick(g->lb, st, key);
+    size_t i = g->members[m];
+    if (!TRIED(i) && polis__istate_available(cr->st[i], r->cluster, now) &&
+        take_instance(c, m, i, true))
+        return true;
+    polis__lb_done(st, m);
+    /* Slow path: walk the group from the balancer's choice, instances not tried yet first; a
+     * half-open breaker with every probe out refuses and the walk goes on. */
+    size_t avail = 0;
+    for (size_t k = 0; k < g->n; k++)
+        avail += polis__istate_available(cr->st[g->members[k]], r->cluster, now);
+    if (avail * 100 < (size_t)r->cluster->panic_threshold * g->n) {
+        /* Panic: too few left to carry the load; spread it over every instance not disabled. */
+        for (size_t k = 0; k < g->n; k++) {
+            size_t mm = (m + k) % g->n;
+            struct gw_istate *ist = cr->st[g->members[mm]];
+            if (atomic_load(&ist->admin) == GW_INST_DISABLED || (TRIED(g->members[mm]) && g->n > 1))
+                continue;
+            if (take_instance(c, mm, g->members[mm], false))
+                return true;
+        }
+        return false;
+    }
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t k = 1; k <= g->n; k++) {
+            size_t mm = (m + k) % g->n, i2 = g->members[mm];
+            if ((pass == 0) == (TRIED(i2) != 0))
+                continue;
+            if (polis__istate_available(cr->st[i2], r->cluster, now) &&
+                take_instance(c, mm, i2, false))
+                return true;
+        }
+    }
+    return false;
+#undef TRIED
+}
+
+/* Answer 503 without reaching an instance, counted by reason. */
+static void reject(struct gw_dconn *c, enum gw_reject why, uint64_t retry_after_ms)
+{
+    static const char *const msgs[GW_REJ__COUNT] = {
+        "the cluster's circuit breaker is open",
+        "no instance of the cluster is available",
+        "the cluster has too many requests in flight (max_requests)",
+        "the cluster has too many requests waiting for a connection (max_pending)",
+        "the cluster has too many connections open (max_connections)",
+        "the route has too many requests in flight (max_concurrent)",
+    };
+    struct gw_req *r = &c->r;
+    if (r->cluster != NULL)
+        polis_counter_add(c->wk->shard, r->ws->snap->cluster_slots[r->cluster_idx].rejected[why],
+                          1);
+    r->retry_after_s = retry_after_ms > 0 ? (uint32_t)((retry_after_ms + 999) / 1000) : 0;
+    error_response(c, 503, why == GW_REJ_BREAKER ? "circuit_open" : "service_unavailable",
+                   msgs[why]);
+}
+
+/* Admission at request start: fault abort, route and cluster caps, the cluster's breaker.
+ * Returns false when an answer was prepared. */
+static bool admit(struct gw_dconn *c, const struct polis_h1_msg *m)
+{
+    struct gw_worker *wk = c->wk;
+    struct gw_req *r = &c->r;
+    const struct polis_route_cfg *rt = r->route;
+    const struct polis_cluster_cfg *cl = r->cluster;
+    if (rt->fault.abort_status > 0 && roll(wk, rt->fault.abort_percent)) {
+        error_response(c, rt->fault.abort_status, "fault_injected",
+                       "aborted by the route's fault injection");
+        return false;
+    }
+    if (rt->max_concurrent > 0) {
+        atomic_uint *a = &r->ws->snap->cref->route_active[r->route_idx];
+        r->counted_route = true;
+        if (atomic_fetch_add_explicit(a, 1, memory_order_relaxed) >= rt->max_concurrent) {
+            reject(c, GW_REJ_ROUTE_CONCURRENCY, 0);
+            return false;
+        }
+    }
+    if (cl->max_requests > 0) {
+        r->counted_requests = true;
+        if (atomic_fetch_add_explicit(&r->cs->requests, 1, memory_order_relaxed) >=
+            cl->max_requests) {
+            reject(c, GW_REJ_MAX_REQUESTS, 0);
+            return false;
+        }
+    }
+    struct polis_breaker *b = atomic_load_explicit(&r->cs->breaker, memory_order_acquire);
+    if (b != NULL) {
+        uint64_t ra = 0;
+        if (!polis__breaker_acquire(b, polis_loop_now(wk->loop), &r->cperm, &ra)) {
+            reject(c, GW_REJ_BREAKER, ra);
+            return false;
+        }
+        r->cbreaker = b;
+    }
+    polis__budget_request_begin(&r->cs->budget);
+    r->counted_budget = true;
+    r->start_ms = polis_loop_now(wk->loop);
+    r->retry = rt->retry != NULL ? rt->retry : &cl->retry;
+    r->tries = 1;
+    if (r->retry->deadline_ms > 0)
+        r->deadline_ms = polis_loop_now(wk->loop) + r->retry->deadline_ms;
+    r->retryable = r->idempotent;
+    if (!r->retryable && rt->retry_idempotency_key) {
+        for (size_t i = 0; i < m->num_headers && !r->retryable; i++)
+            r->retryable = polis_str_caseeq(m->headers[i].name, POLIS_STR("Idempotency-Key"));
+    }
+    /* Splits: a weighted choice of group. */
+    const struct gw_rrt *rr = &r->ws->snap->routes[r->route_idx];
+    r->group = rr->group;
+    if (rr->nsplit > 0 && rr->split_total > 0) {
+        uint32_t x = (uint32_t)(((wk_rand(wk) >> 32) * rr->split_total) >> 32);
+        size_t k = 0;
+        while (k + 1 < rr->nsplit && x >= rr->split_cum[k])
+            k++;
+        r->group = rr->split_groups[k];
+    }
+    return true;
+}
+
+/* Whatever the request holds beyond its attempt: caps, the cluster's permit, the budget. */
+static void admit_release(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    if (r->counted_route)
+        atomic_fetch_sub_explicit(&r->ws->snap->cref->route_active[r->route_idx], 1,
+                                  memory_order_relaxed);
+    if (r->counted_requests)
+        atomic_fetch_sub_explicit(&r->cs->requests, 1, memory_order_relaxed);
+    if (r->cperm.kind != POLIS_PERMIT_NONE) {
+        uint64_t now = polis_loop_now(c->wk->loop);
+        enum polis_call_outcome o = r->status == 499 || r->status == 0 ? POLIS_OUTCOME_CANCELLED
+                                    : r->status >= 500                 ? POLIS_OUTCOME_FAILURE
+                                                                       : POLIS_OUTCOME_SUCCESS;
+        polis__breaker_release(r->cbreaker, &r->cperm, o, now - r->start_ms, now);
+    }
+    if (r->counted_retry)
+        polis__budget_retry_end(&r->cs->budget);
+    if (r->counted_budget)
+        polis__budget_request_end(&r->cs->budget);
+    r->counted_route = r->counted_requests = r->counted_retry = r->counted_budget = false;
+}
+
+/* After a failed attempt (its outcome already recorded): schedule another one on another
+ * instance if the policy, the request and the budget allow. on: the POLIS_RETRY_* reason.
+ * Returns true when a retry is scheduled. */
+static bool retry_schedule(struct gw_dconn *c, unsigned on)
+{
+    struct gw_worker *wk = c->wk;
+    struct gw_req *r = &c->r;
+    const struct polis_retry_cfg *pol = r->retry;
+    if (pol == NULL || !(pol->on & on) || r->tries >= pol->attempts || !r->retryable ||
+        r->body_started || r->dsent > 0)
+        return false;
+    /* A retry goes to another instance: none left untried, no retry (as nginx's
+     * proxy_next_upstream tries each server once). */
+    const struct gw_group *g = &r->ws->snap->groups[r->group];
+    bool untried = false;
+    for (size_t k = 0; k < g->n && !untried; k++)
+        untried = !((r->tried >> (g->members[k] % 64)) & 1);
+    if (!untried)
+        return false;
+    uint64_t now = polis_loop_now(wk->loop);
+    uint64_t delay =
+        polis__backoff_ms(pol->backoff_base_ms, pol->backoff_max_ms, r->tries, &wk->rng);
+    if (r->deadline_ms > 0 && now + delay >= r->deadline_ms)
+        return false;
+    if (!r->counted_retry) {
+        if (!polis__budget_retry_begin(&r->cs->budget, pol->budget_percent, pol->budget_min)) {
+            polis_counter_add(wk->shard,
+                              r->ws->snap->cluster_slots[r->cluster_idx].budget_exhausted, 1);
+            return false;
+        }
+        r->counted_retry = true;
+    }
+    r->tries++;
+    polis_counter_add(wk->shard, r->ws->snap->cluster_slots[r->cluster_idx].retries, 1);
+    r->waiting = r->repick = true;
+    r->scan = 0;
+    r->req_done = false;
+    r->got_response_bytes = false;
+    polis_timer_arm(wk->loop, &c->wait_timer, delay);
+    return true;
 }
 
 /* ---- Request start --------------------------------------------------------------------------- */
@@ -1077,11 +1393,11 @@ static void req_release(struct gw_dconn *c)
     free(r->cspan);
     r->span = r->cspan = NULL;
     if (r->cluster != NULL) {
-        polis__lb_done(
-            r->ws->snap->lb_states[c->wk->id * r->ws->snap->cfg->num_clusters + r->cluster_idx],
-            r->inst);
+        attempt_end(c, ATT_CANCEL); /* an attempt still running says nothing of the instance */
+        admit_release(c);
         r->cluster = NULL;
     }
+    polis_timer_cancel(c->wk->loop, &c->wait_timer);
     if (r->ws != NULL) {
         struct gw_wsnap *ws = r->ws;
         r->ws = NULL;
@@ -1170,13 +1486,24 @@ static int req_start(struct gw_dconn *c, const struct polis_h1_msg *m, size_t he
     if (r->req_mode == BODY_CHUNKED)
         polis_h1_chunked_init(&r->req_chunk, max_body);
 
+    r->route_idx = (size_t)ri;
     r->cluster_idx = r->route->cluster_index;
     r->cluster = &cfg->clusters[r->cluster_idx];
-    struct polis_lb_state *st = s->lb_states[wk->id * cfg->num_clusters + r->cluster_idx];
+    r->cs = s->clusters[r->cluster_idx].cs;
+    if (!admit(c, m))
+        return DONE;
     struct polis_str key = {NULL, 0};
     if (r->cluster->lb == POLIS_LB_HASH)
         key = polis__lb_key(r->cluster, m, (struct polis_str){c->ip, c->ip_len});
-    r->inst = polis__lb_pick(s->lbs[r->cluster_idx], st, key);
+    if (!pick_instance(c, key)) {
+        reject(c, GW_REJ_NO_INSTANCE, 0);
+        return DONE;
+    }
+    const struct polis_fault_cfg *fault = &r->route->fault;
+    if (fault->delay_ms > 0 && roll(wk, fault->delay_percent)) {
+        r->waiting = true;
+        polis_timer_arm(wk->loop, &c->wait_timer, fault->delay_ms);
+    }
 
     if (wk->gw->tracer != NULL)
         trace_begin(c, m, host, path);
@@ -1192,7 +1519,10 @@ static int req_start(struct gw_dconn *c, const struct polis_h1_msg *m, size_t he
 
 static uint64_t upstream_timeout(const struct gw_req *r)
 {
-    return r->route->timeout_ms ? r->route->timeout_ms : r->cluster->timeout_ms;
+    uint64_t t = r->route->timeout_ms ? r->route->timeout_ms : r->cluster->timeout_ms;
+    if (r->retry != NULL && r->retry->per_try_timeout_ms > 0 && r->retry->per_try_timeout_ms < t)
+        t = r->retry->per_try_timeout_ms;
+    return t;
 }
 
 /* Take a pooled connection to the request's instance or open a new one. Returns 0, or DONE when
@@ -1203,14 +1533,38 @@ static int req_connect(struct gw_dconn *c, bool fresh)
     struct gw_pool *p = r->ws->pools[r->ws->snap->inst_base[r->cluster_idx] + r->inst];
     struct gw_uconn *u = fresh ? NULL : pool_take(p, polis_loop_now(c->wk->loop));
     r->attempts++;
+    r->attempt_ms = polis_loop_now(c->wk->loop);
     if (u == NULL) {
+        const struct polis_cluster_cfg *cl = r->cluster;
+        if (cl->max_connections > 0 &&
+            atomic_load_explicit(&r->cs->conns, memory_order_relaxed) >= cl->max_connections) {
+            attempt_end(c, ATT_CANCEL);
+            reject(c, GW_REJ_MAX_CONNECTIONS, 0);
+            return DONE;
+        }
+        if (cl->max_pending > 0) {
+            if (atomic_fetch_add_explicit(&r->cs->pending, 1, memory_order_relaxed) >=
+                cl->max_pending) {
+                atomic_fetch_sub_explicit(&r->cs->pending, 1, memory_order_relaxed);
+                attempt_end(c, ATT_CANCEL);
+                reject(c, GW_REJ_MAX_PENDING, 0);
+                return DONE;
+            }
+            r->counted_pending = true;
+        }
         u = u_connect(c->wk, p);
         if (u == NULL) {
             upstream_failed(c, 502, "cannot connect to upstream", GW_ERR_CONNECT);
             return DONE;
         }
+        u->cs = r->cs;
+        atomic_fetch_add_explicit(&r->cs->conns, 1, memory_order_relaxed);
         if (!u->connected)
             polis_timer_arm(c->wk->loop, &u->timer, r->cluster->connect_timeout_ms);
+        else if (r->counted_pending) {
+            atomic_fetch_sub_explicit(&r->cs->pending, 1, memory_order_relaxed);
+            r->counted_pending = false;
+        }
     } else {
         u->can_write = true;
     }
@@ -1458,6 +1812,24 @@ static int handle_response_head(struct gw_dconn *c, struct polis_h1_msg *m, size
     if (te >= 0 && m->body == POLIS_BODY_CLOSE)
         return upstream_failed(c, 502, "upstream used a transfer coding other than chunked",
                                GW_ERR_INVALID);
+    if (r->ist != NULL) {
+        int st = m->status;
+        enum att a = st >= 502 && st <= 504 ? ATT_GW_STATUS : st >= 500 ? ATT_5XX : ATT_OK;
+        attempt_end(c, a);
+        const struct polis_retry_cfg *pol = r->retry;
+        bool listed = false;
+        for (size_t i = 0; pol != NULL && (pol->on & POLIS_RETRY_STATUS) && i < pol->num_statuses;
+             i++)
+            listed = pol->statuses[i] == st;
+        /* A listed status is retried when the whole request is still here to send again. */
+        if (listed && r->req_done && r->req_mode == BODY_NONE && !r->tunnel &&
+            retry_schedule(c, POLIS_RETRY_STATUS)) {
+            trace_attempt_end(c, st, NULL);
+            u_free(u);
+            r->up = NULL;
+            return AGAIN;
+        }
+    }
     r->status = m->status;
     r->upstream_answered = true;
     r->upstream_reusable = m->keep_alive && !r->tunnel;
@@ -1675,8 +2047,9 @@ static void log_upstream_failure(struct gw_dconn *c, const char *why)
     polis_log_set_context((struct polis_str){r->request_id, r->request_id_len},
                           (struct polis_str){trace, strlen(trace)});
     polis_warn("%s: %s (cluster %s, client %s)",
-               r->cluster != NULL ? r->cluster->instances[r->inst].addr.text : "-", why,
-               r->cluster != NULL ? r->cluster->name : "-", c->ip);
+               r->cluster != NULL ? r->ws->snap->clusters[r->cluster_idx].insts[r->inst].addr.text
+                                  : "-",
+               why, r->cluster != NULL ? r->cluster->name : "-", c->ip);
     polis_log_set_context((struct polis_str){NULL, 0}, (struct polis_str){NULL, 0});
 }
 
@@ -1695,6 +2068,7 @@ static int upstream_failed(struct gw_dconn *c, int status, const char *why,
     struct gw_req *r = &c->r;
     struct gw_uconn *u = r->up;
     bool stale = kind == GW_ERR_RESET && u != NULL && u->reused && !r->got_response_bytes;
+    bool answered = r->got_response_bytes; /* a timeout mid-answer is not retried */
     trace_attempt_end(c, 0, kinds[kind]);
     log_upstream_failure(c, why);
     if (r->cluster != NULL)
@@ -1709,12 +2083,21 @@ static int upstream_failed(struct gw_dconn *c, int status, const char *why,
         return GONE;
     }
     if (stale && r->idempotent && !r->body_started && r->attempts < 2) {
+        /* The server closed a kept-alive connection while idle: nothing to hold against the
+         * instance; try once more on a fresh connection to it, at once. */
         polis_counter_add(c->wk->shard, r->ws->snap->cluster_slots[r->cluster_idx].retries, 1);
         r->scan = 0;
         r->req_done = false;
         req_connect(c, true); /* on failure it prepared the answer itself */
         return AGAIN;
     }
+    static const enum att atts[GW_UPSTREAM_ERRORS] = {ATT_CONNECT, ATT_TIMEOUT, ATT_RESET,
+                                                      ATT_RESET};
+    static const unsigned ons[GW_UPSTREAM_ERRORS] = {POLIS_RETRY_CONNECT, POLIS_RETRY_TIMEOUT,
+                                                     POLIS_RETRY_RESET, POLIS_RETRY_RESET};
+    attempt_end(c, atts[kind]);
+    if (!answered && !r->resp_head_done && retry_schedule(c, ons[kind]))
+        return AGAIN;
     error_response(c, status, status == 504 ? "gateway_timeout" : "bad_gateway", why);
     return AGAIN;
 }
@@ -1832,7 +2215,7 @@ static void d_run(struct gw_dconn *c)
         }
         struct gw_req *r = &c->r;
         int rc = AGAIN;
-        if (!r->resp_done && r->up == NULL && r->cluster != NULL)
+        if (!r->resp_done && r->up == NULL && r->cluster != NULL && !r->waiting)
             req_connect(c, false); /* on failure an answer is prepared: the loop flushes it */
         /* send_request() only moves bytes; recv_response() flushes whatever answer is ready
          * and says when the exchange is over. */
@@ -1886,6 +2269,10 @@ static void u_event(struct polis_loop *loop, struct polis_watch *w, unsigned eve
             return;
         }
         u->connected = true;
+        if (c->r.counted_pending) {
+            atomic_fetch_sub_explicit(&c->r.cs->pending, 1, memory_order_relaxed);
+            c->r.counted_pending = false;
+        }
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
         c->r.connect_us = (uint32_t)(ms_between(&c->r.t_up, &now) * 1e3);
@@ -1941,6 +2328,21 @@ static void d_timeout(struct polis_loop *loop, struct polis_timer *t)
         d_free(c);
         return;
     }
+}
+
+/* A fault delay or a retry's backoff is over: go on, on another instance for a retry. */
+static void d_wait_done(struct polis_loop *loop, struct polis_timer *t)
+{
+    struct gw_dconn *c = (struct gw_dconn *)((char *)t - offsetof(struct gw_dconn, wait_timer));
+    struct gw_req *r = &c->r;
+    r->waiting = false;
+    if (r->repick) {
+        r->repick = false;
+        if (!pick_instance(c, (struct polis_str){NULL, 0}))
+            reject(c, GW_REJ_NO_INSTANCE, 0);
+    }
+    c->can_write = true;
+    d_run(c);
 }
 
 /* The whole request took longer than timeouts.request: answer 504 if nothing was sent yet. */

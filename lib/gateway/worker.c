@@ -1,6 +1,7 @@
 /* worker.c: the gateway's worker threads (one loop and one SO_REUSEPORT listener each), snapshot
  * hand-over on reload, drain on SIGTERM, the access log, and the signal loop of the main thread. */
 #include "gateway/gateway.h"
+#include "registry/registry.h"
 
 #include <errno.h>
 #include <jansson.h>
@@ -50,9 +51,9 @@ static int wsnap_adopt(struct gw_worker *wk, struct gw_snapshot *s)
     if (ws->pools == NULL)
         goto fail;
     for (size_t c = 0; c < s->cfg->num_clusters; c++) {
-        const struct polis_cluster_cfg *cl = &s->cfg->clusters[c];
-        for (size_t i = 0; i < cl->num_instances; i++) {
-            ws->pools[s->inst_base[c] + i] = pool_find(wk, &cl->instances[i].addr);
+        const struct gw_crt *cl = &s->clusters[c];
+        for (size_t i = 0; i < cl->n; i++) {
+            ws->pools[s->inst_base[c] + i] = pool_find(wk, &cl->insts[i].addr);
             if (ws->pools[s->inst_base[c] + i] == NULL)
                 goto fail;
         }
@@ -280,6 +281,7 @@ int polis__worker_setup(struct polis_gateway *gw, struct gw_worker *wk, int id,
     uint64_t rnd = 0;
     if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
         rnd = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    wk->rng = rnd ^ ((uint64_t)id << 48);
     snprintf(wk->id_prefix, sizeof(wk->id_prefix), "%016llx",
              (unsigned long long)(rnd ^ (uint64_t)id));
     if (wk->shard == NULL) /* a test may hand in the shard of an earlier worker */
@@ -357,114 +359,17 @@ static double spans_dropped(void *ud)
     return (double)st.dropped;
 }
 
-/* /status: what an operator asks first, as JSON. */
-static void admin_status(struct polis_gateway *gw, struct polis_response *res)
-{
-    struct gw_snapshot *snap;
-    pthread_mutex_lock(&gw->snap_lock); /* keep the snapshot alive while it is read */
-    snap = atomic_load(&gw->snap);
-    atomic_fetch_add(&snap->refs, 1);
-    pthread_mutex_unlock(&gw->snap_lock);
-    const struct polis_config *cfg = snap->cfg;
-    uint64_t now = (uint64_t)time(NULL);
-    time_t loaded = (time_t)atomic_load(&gw->loaded_unix);
-    struct tm tm;
-    gmtime_r(&loaded, &tm);
-    json_t *clusters = json_array();
-    for (size_t i = 0; i < cfg->num_clusters; i++) {
-        json_t *inst = json_array();
-        for (size_t k = 0; k < cfg->clusters[i].num_instances; k++)
-            json_array_append_new(inst, json_string(cfg->clusters[i].instances[k].addr.text));
-        json_array_append_new(
-            clusters, json_pack("{s:s,s:o}", "name", cfg->clusters[i].name, "instances", inst));
-    }
-    char loaded_at[32];
-    strftime(loaded_at, sizeof(loaded_at), "%Y-%m-%dT%H:%M:%SZ", &tm);
-    json_t *j = json_pack(
-        "{s:s,s:I,s:{s:I,s:s,s:s},s:i,s:{s:I,s:I},s:b,s:s,s:o}", "version", POLIS_VERSION,
-        "uptime_seconds", (json_int_t)(now - gw->started_unix), "config", "version",
-        (json_int_t)snap->version, "source", cfg->source, "loaded_at", loaded_at, "workers",
-        gw->num_workers, "connections", "active",
-        (json_int_t)polis_metric_value(gw->metrics.reg, gw->metrics.conns_active_slot), "total",
-        (json_int_t)polis_metric_value(gw->metrics.reg, gw->metrics.conns_total_slot), "draining",
-        atomic_load(&gw->draining), "listen", cfg->listen.text, "clusters", clusters);
-    polis__snapshot_release(snap);
-    char *text = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
-    if (text == NULL) {
-        polis_response_status(res, 500);
-        polis_response_printf(res, "{\"error\":\"internal_error\",\"status\":500}\n");
-    } else {
-        polis_response_printf(res, "%s\n", text);
-    }
-    free(text);
-    json_decref(j);
-}
-
-/* "Bearer <token>" against the configured token, in time independent of where they differ. */
-static bool bearer_ok(const struct polis_str *auth, const char *token)
-{
-    static const char scheme[] = "Bearer ";
-    size_t n = strlen(token);
-    if (auth == NULL || auth->len != sizeof(scheme) - 1 + n ||
-        strncasecmp(auth->p, scheme, sizeof(scheme) - 1) != 0)
-        return false;
-    unsigned char diff = 0;
-    for (size_t i = 0; i < n; i++)
-        diff |= (unsigned char)(auth->p[sizeof(scheme) - 1 + i] ^ token[i]);
-    return diff == 0;
-}
-
-/* The admin listener: health for orchestrators, metrics for Prometheus, status for people. */
-static void admin_handler(const struct polis_request *req, struct polis_response *res, void *ud)
-{
-    struct polis_gateway *gw = ud;
-    if (gw->admin_token != NULL &&
-        !bearer_ok(polis_request_header(req, "Authorization"), gw->admin_token)) {
-        polis_response_status(res, 401);
-        polis_response_header(res, "Content-Type", "application/json");
-        polis_response_header(res, "WWW-Authenticate", "Bearer realm=\"polis-admin\"");
-        polis_response_printf(res, "{\"error\":\"unauthorized\",\"status\":401,"
-                                   "\"message\":\"the admin listener requires its bearer "
-                                   "token\"}\n");
-        return;
-    }
-    if (polis_str_eq(req->path, POLIS_STR("/metrics"))) {
-        struct polis_buf out;
-        polis_buf_init(&out, 64u << 20);
-        polis_response_header(res, "Content-Type", "text/plain; version=0.0.4; charset=utf-8");
-        if (polis_metrics_render(gw->metrics.reg, &out) < 0) {
-            polis_response_status(res, 500);
-        } else {
-            polis_response_body(res, polis_buf_head(&out), polis_buf_len(&out));
-        }
-        polis_buf_free(&out);
-        return;
-    }
-    polis_response_header(res, "Content-Type", "application/json");
-    if (polis_str_eq(req->path, POLIS_STR("/health"))) {
-        polis_response_printf(res, "{\"status\":\"ok\"}\n");
-    } else if (polis_str_eq(req->path, POLIS_STR("/ready"))) {
-        if (atomic_load(&gw->draining)) {
-            polis_response_status(res, 503);
-            polis_response_printf(res, "{\"status\":\"draining\"}\n");
-        } else {
-            polis_response_printf(res, "{\"status\":\"ready\",\"config_version\":%llu}\n",
-                                  (unsigned long long)atomic_load(&gw->version));
-        }
-    } else if (polis_str_eq(req->path, POLIS_STR("/status"))) {
-        admin_status(gw, res);
-    } else {
-        polis_response_status(res, 404);
-        polis_response_printf(res, "{\"error\":\"not_found\",\"status\":404}\n");
-    }
-}
-
 static void gateway_free(struct polis_gateway *gw)
 {
+    if (gw->upstream_ready)
+        polis__upstream_fini(gw); /* no source reports and no snapshot is built after this */
     for (int i = 0; i < gw->num_workers; i++)
         worker_free(&gw->workers[i]);
     free(gw->workers);
     polis__snapshot_release(atomic_load(&gw->snap));
+    polis__cfgref_unref(gw->cref);
+    if (gw->upstream_ready)
+        polis__upstream_free(gw);
     int fd = atomic_load(&gw->alog_fd);
     if (fd >= 0)
         close(fd);
@@ -489,19 +394,41 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
     int n = cfg->workers > 0 ? cfg->workers : num_cores();
     gw->started_unix = (uint64_t)time(NULL);
     atomic_init(&gw->loaded_unix, gw->started_unix);
-    struct gw_snapshot *s;
+    gw->snap_workers = n;
+    atomic_init(&gw->alog_fd, -1);
+    gw->elog_fd = -1;
+    pthread_mutex_init(&gw->snap_lock, NULL);
+    atomic_init(&gw->version, 0);
     int rc = polis__gw_metrics_init(&gw->metrics, gw);
     if (rc == 0)
-        rc = polis__snapshot_new(cfg, n, 1, &gw->metrics, &s);
+        rc = polis__upstream_init(gw);
+    if (rc == 0)
+        gw->upstream_ready = true;
+    if (rc == 0 && (gw->cref = polis__cfgref_new(cfg)) == NULL)
+        rc = POLIS_ENOMEM;
     if (rc < 0) {
+        if (gw->upstream_ready) {
+            polis__upstream_fini(gw);
+            polis__upstream_free(gw);
+        }
         polis__gw_metrics_free(&gw->metrics);
         polis__config_free(cfg);
         free(gw);
         return rc;
     }
-    atomic_init(&gw->snap, s);
-    pthread_mutex_init(&gw->snap_lock, NULL);
-    atomic_init(&gw->version, 1);
+    pthread_mutex_lock(&gw->rebuild_lock);
+    bool locked = true;
+    if (cfg->registry.enabled && polis__registry_new(&cfg->registry, &gw->registry) < 0)
+        rc = POLIS_ENOMEM;
+    if (rc == 0)
+        rc = polis__upstream_apply(gw, cfg);
+    if (rc == 0)
+        rc = polis__gateway_publish(gw, gw->cref);
+    /* The lock is held until the workers are set up: the discovery thread publishes (and wakes
+     * workers) only then. */
+    if (rc < 0)
+        goto fail;
+    struct gw_snapshot *s = atomic_load(&gw->snap);
     atomic_init(&gw->alog_fd, open_access_log(cfg->access_log));
     gw->elog_fd = -1;
     if (cfg->error_log != NULL && strcmp(cfg->error_log, "-") != 0) {
@@ -551,13 +478,15 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
         if (rc < 0)
             goto fail;
     }
+    pthread_mutex_unlock(&gw->rebuild_lock);
+    locked = false;
     if (cfg->admin_token != NULL && (gw->admin_token = strdup(cfg->admin_token)) == NULL) {
         rc = POLIS_ENOMEM;
         goto fail;
     }
     if (cfg->has_admin) {
         struct polis_server_opts o = {
-            .listen = cfg->admin.text, .threads = 1, .handler = admin_handler, .ud = gw};
+            .listen = cfg->admin.text, .threads = 1, .handler = polis__admin_handler, .ud = gw};
         rc = polis_server_start(&o, &gw->admin);
         if (rc < 0) {
             polis_error("cannot start the admin listener on %s: %s", cfg->admin.text,
@@ -584,6 +513,8 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
     *out = gw;
     return 0;
 fail:
+    if (locked)
+        pthread_mutex_unlock(&gw->rebuild_lock);
     if (gw->admin != NULL)
         polis_server_stop(gw->admin);
     gateway_free(gw); /* releases the snapshot, and cfg with it */
@@ -592,25 +523,37 @@ fail:
 
 int polis__gateway_reload(struct polis_gateway *gw, struct polis_config *cfg)
 {
-    struct gw_snapshot *old = atomic_load(&gw->snap);
-    const struct polis_config *oc = old->cfg;
+    pthread_mutex_lock(&gw->rebuild_lock);
+    const struct polis_config *oc = gw->cref->cfg;
     if (oc->listen.len != cfg->listen.len ||
         memcmp(&oc->listen.ss, &cfg->listen.ss, cfg->listen.len))
         polis_warn("reload: the listen address (%s) changes only on restart; still on %s",
                    cfg->listen.text, oc->listen.text);
-    uint64_t version = atomic_load(&gw->version) + 1;
-    struct gw_snapshot *s;
-    int rc = polis__snapshot_new(cfg, gw->num_workers, version, &gw->metrics, &s);
-    if (rc < 0)
+    if (cfg->registry.enabled && gw->registry == NULL &&
+        polis__registry_new(&cfg->registry, &gw->registry) < 0) {
+        pthread_mutex_unlock(&gw->rebuild_lock);
+        return POLIS_ENOMEM;
+    }
+    struct gw_cfgref *cref = polis__cfgref_new(cfg);
+    if (cref == NULL) {
+        pthread_mutex_unlock(&gw->rebuild_lock);
+        return POLIS_ENOMEM;
+    }
+    /* Sources start before the snapshot is built so that the registry's current instances are
+     * in it; a failing source leaves its cluster without instances until it answers. */
+    polis__upstream_apply(gw, cfg);
+    int rc = polis__gateway_publish(gw, cref);
+    if (rc < 0) {
+        cref->cfg = NULL; /* the caller frees cfg */
+        polis__cfgref_unref(cref);
+        pthread_mutex_unlock(&gw->rebuild_lock);
         return rc;
+    }
+    polis__cfgref_unref(gw->cref);
+    gw->cref = cref;
     atomic_store(&gw->loaded_unix, (uint64_t)time(NULL));
-    atomic_store(&gw->version, version);
-    pthread_mutex_lock(&gw->snap_lock);
-    atomic_store(&gw->snap, s);
-    polis__snapshot_release(old);
-    pthread_mutex_unlock(&gw->snap_lock);
-    for (int i = 0; i < gw->num_workers; i++)
-        polis_async_send(&gw->workers[i].wake);
+    uint64_t version = atomic_load(&gw->version);
+    pthread_mutex_unlock(&gw->rebuild_lock);
     polis_info("configuration %llu loaded from %s", (unsigned long long)version, cfg->source);
     return 0;
 }

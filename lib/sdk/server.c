@@ -29,6 +29,13 @@
  * the next read, and responses leave in request order. While output is pending (the peer does not
  * read), the connection neither reads nor handles requests: that is the backpressure.
  *
+ * A handler may defer its answer (polis_response_defer): the request's bytes are dropped at once,
+ * the connection keeps a pointer to the polis_deferred and neither handles the requests behind it
+ * nor runs a timeout until the answer comes. polis_deferred_finish() on any thread builds the
+ * answer in the polis_deferred, puts it on its thread's hub and wakes the loop, which sends it
+ * (the connection is touched only on its loop thread). The hub outlives the thread while answers
+ * may still arrive: after the thread is gone, finish only frees.
+ *
  * Input buffer layout while a chunked body arrives:
  *   [head: head_len][decoded payload: up to body_end][raw bytes not yet decoded]
  * Each feed starts at body_end and decodes onto itself; the undecoded rest then moves down to the
@@ -54,6 +61,8 @@
 #define ACCEPT_RETRY_MS 100 /* after EMFILE and friends */
 #define READ_BUDGET 16      /* reads per turn before a busy connection lets the others run */
 
+struct conn;
+
 struct polis_response {
     int status;
     struct polis_buf head; /* "Name: value\r\n" lines set by the handler */
@@ -61,6 +70,39 @@ struct polis_response {
     bool open;   /* the handler is running: calls are honoured */
     bool failed; /* a call ran out of room: the response is incomplete, a 500 goes instead */
     bool close;  /* the handler set Connection: close */
+    /* Set around the handler, for polis_response_defer(). */
+    bool head_request;
+    struct conn *conn;
+    struct polis_deferred *deferred; /* the handler deferred its answer */
+    struct timespec t0;              /* the handler started (metrics) */
+};
+
+/* Where polis_deferred_finish() leaves answers for a thread's loop. Shared with other threads:
+ * everything but refs' owners is under mu. It lives as long as the thread or any deferred
+ * request of it, whichever is longer. */
+struct deferred_hub {
+    pthread_mutex_t mu;
+    size_t refs; /* the thread's, plus one per polis_deferred not yet freed */
+    bool closed; /* the thread is gone: finish only frees */
+    struct polis_async *wake;
+    struct polis_deferred *done_head, *done_tail; /* finished, for the loop to send */
+};
+
+/* A deferred request: what the loop needs to send its answer, and the answer. */
+struct polis_deferred {
+    struct deferred_hub *hub;
+    struct polis_deferred *next; /* on hub->done */
+    /* Loop thread only. */
+    struct conn *c;    /* NULL once the connection is gone or was answered otherwise */
+    bool recorded;     /* counted and traced already */
+    bool keep_alive;   /* the request allowed keep-alive */
+    bool head_request; /* HEAD: no body */
+    bool traced;       /* span holds a sampled SERVER span to submit when answered */
+    int minor_version;
+    struct timespec t0;
+    struct polis_span span;
+    /* Written by polis_deferred_finish(), read by the loop after it took d from the hub. */
+    struct polis_response res;
 };
 
 enum conn_phase {
@@ -94,6 +136,7 @@ struct conn {
     struct polis_h1_chunked chunked;
     struct polis_h1_msg msg;
     struct polis_h1_header headers[MAX_HEADERS];
+    struct polis_deferred *deferred; /* a deferred request waits for its answer */
     size_t addr_len;
     char addr[INET6_ADDRSTRLEN + 8];
 };
@@ -109,6 +152,7 @@ struct server_thread {
     bool listening;
     struct polis_async wake;
     bool wake_ok;
+    struct deferred_hub *hub; /* answers of deferred requests */
     struct polis_timer accept_timer;
     struct polis_timer drain_timer;
     bool stopping;
@@ -152,6 +196,7 @@ static const struct polis_h1_limits default_limits = {
 };
 
 static void conn_run(struct conn *c);
+static int response_fail(struct polis_response *res, int rc);
 
 /* ---- Responses ------------------------------------------------------------------------------ */
 
@@ -162,6 +207,9 @@ static void response_reset(struct polis_response *res)
     polis_buf_consume(&res->body, polis_buf_len(&res->body));
     res->failed = false;
     res->close = false;
+    res->head_request = false;
+    res->conn = NULL;
+    res->deferred = NULL;
 }
 
 /* Give back the memory of an unusually large response. */
@@ -315,6 +363,11 @@ static void conn_unqueue(struct conn *c)
 static void conn_close(struct conn *c)
 {
     struct server_thread *th = c->th;
+    if (c->deferred != NULL) {
+        /* The client is gone: the answer, when it comes, is only freed. */
+        c->deferred->c = NULL;
+        c->deferred = NULL;
+    }
     conn_unqueue(c);
     polis_timer_cancel(th->loop, &c->timer);
     polis_loop_del(th->loop, &c->w);
@@ -337,7 +390,8 @@ static void conn_close(struct conn *c)
 /* Nothing in flight: between requests with no byte of the next one. */
 static bool conn_idle(const struct conn *c)
 {
-    return c->phase == PHASE_HEAD && polis_buf_len(&c->in) == 0 && polis_buf_len(&c->out) == 0;
+    return c->phase == PHASE_HEAD && c->deferred == NULL && polis_buf_len(&c->in) == 0 &&
+           polis_buf_len(&c->out) == 0;
 }
 
 /* Append s to out as a JSON string body (without quotes). */
@@ -428,8 +482,8 @@ static void split_target(struct polis_str target, struct polis_str *path, struct
 }
 
 /* Append the handler's response to the output; on failure the output is left as it was. */
-static int conn_queue_response(struct conn *c, struct polis_response *res, bool head_request,
-                               bool keep_alive)
+static int conn_queue_response(struct conn *c, struct polis_response *res, int minor_version,
+                               bool head_request, bool keep_alive)
 {
     struct polis_buf *out = &c->out;
     size_t mark = polis_buf_len(out);
@@ -443,7 +497,7 @@ static int conn_queue_response(struct conn *c, struct polis_response *res, bool 
         rc = polis_buf_printf(out, "Content-Length: %zu\r\n", body_len);
     if (rc == 0 && !keep_alive)
         rc = polis_buf_append(out, "Connection: close\r\n", 19);
-    else if (rc == 0 && c->msg.minor_version == 0)
+    else if (rc == 0 && minor_version == 0)
         rc = polis_buf_append(out, "Connection: keep-alive\r\n", 24);
     if (rc == 0)
         rc = polis_buf_append(out, "\r\n", 2);
@@ -574,7 +628,8 @@ static void split_hostport(struct polis_str hp, struct polis_str *host, int64_t 
 }
 
 /* Start the request's SERVER span in th->span and make its context the thread's current one.
- * Returns whether the trace is sampled: then the span is filled in and trace_end submits it. */
+ * Returns whether the trace is sampled: then the span is filled in, and trace_submit sends it once
+ * the request is answered. */
 static bool trace_begin(struct conn *c, const struct polis_request *req)
 {
     struct server_thread *th = c->th;
@@ -625,16 +680,232 @@ static bool trace_begin(struct conn *c, const struct polis_request *req)
     return true;
 }
 
-/* The handler returned: clear the thread's context; finish and submit a sampled span. */
-static void trace_end(struct server_thread *th, bool sampled, int status)
+/* The handler returned: the thread runs no traced request any more. */
+static void trace_clear(void)
 {
     tl_trace.tracer = NULL;
     tl_trace.tracestate = (struct polis_str){NULL, 0};
-    if (!sampled)
+}
+
+/* The request was answered with status: finish and submit its sampled span. */
+static void trace_submit(struct polis_tracer *tracer, struct polis_span *span, int status)
+{
+    polis_span_attr_int(span, "http.response.status_code", status);
+    polis_span_end(span, status >= 500 ? POLIS_SPAN_ERROR : POLIS_SPAN_UNSET);
+    polis_tracer_submit(tracer, span);
+}
+
+/* Count a request answered with status, started at t0, in the thread's metrics shard. */
+static void metrics_record(struct server_thread *th, int status, const struct timespec *t0)
+{
+    const struct polis_server *s = th->srv;
+    if (s->metrics == NULL)
         return;
-    polis_span_attr_int(&th->span, "http.response.status_code", status);
-    polis_span_end(&th->span, status >= 500 ? POLIS_SPAN_ERROR : POLIS_SPAN_UNSET);
-    polis_tracer_submit(th->srv->tracer, &th->span);
+    struct timespec t1;
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    int cls = status >= 100 && status < 600 ? status / 100 - 1 : 5;
+    polis_counter_add(th->shard, s->m_requests[cls], 1);
+    polis_histogram_observe(th->shard, s->m_duration, s->m_duration_slot,
+                            (double)(t1.tv_sec - t0->tv_sec) +
+                                (double)(t1.tv_nsec - t0->tv_nsec) / 1e9);
+}
+
+/* ---- Deferred answers ----------------------------------------------------------------------- */
+
+static void hub_unref(struct deferred_hub *h)
+{
+    pthread_mutex_lock(&h->mu);
+    bool last = --h->refs == 0;
+    pthread_mutex_unlock(&h->mu);
+    if (last) {
+        pthread_mutex_destroy(&h->mu);
+        free(h);
+    }
+}
+
+static void deferred_free(struct polis_deferred *d)
+{
+    struct deferred_hub *h = d->hub;
+    polis_buf_free(&d->res.head);
+    polis_buf_free(&d->res.body);
+    free(d);
+    hub_unref(h);
+}
+
+struct polis_deferred *polis_response_defer(struct polis_response *res)
+{
+    if (res == NULL || !res->open || res->conn == NULL || res->deferred != NULL)
+        return NULL;
+    struct conn *c = res->conn;
+    struct server_thread *th = c->th;
+    if (th->stopping || th->hub == NULL)
+        return NULL;
+    struct polis_deferred *d = calloc(1, sizeof(*d));
+    if (d == NULL)
+        return NULL;
+    d->hub = th->hub;
+    pthread_mutex_lock(&d->hub->mu);
+    d->hub->refs++;
+    pthread_mutex_unlock(&d->hub->mu);
+    d->c = c;
+    d->keep_alive = c->msg.keep_alive;
+    d->head_request = res->head_request;
+    d->minor_version = c->msg.minor_version;
+    d->t0 = res->t0;
+    polis_buf_init(&d->res.head, RES_HEAD_CAP);
+    polis_buf_init(&d->res.body, RES_BODY_CAP);
+    d->res.status = 200;
+    res->deferred = d;
+    res->open = false; /* what the handler puts in res from now on is dropped */
+    return d;
+}
+
+/* Add one "Name: value" line to res; a malformed one is dropped with a warning. */
+static void deferred_header(struct polis_response *res, const char *line)
+{
+    const char *colon = strchr(line, ':');
+    char name[256];
+    size_t n = colon != NULL ? (size_t)(colon - line) : 0;
+    if (n == 0 || n >= sizeof(name)) {
+        polis_warn("http server: deferred answer: header \"%.64s\" dropped (expected "
+                   "\"Name: value\")",
+                   line);
+        return;
+    }
+    memcpy(name, line, n);
+    name[n] = '\0';
+    const char *v = colon + 1;
+    while (*v == ' ' || *v == '\t')
+        v++;
+    if (polis_response_header(res, name, v) == POLIS_EINVAL)
+        polis_warn("http server: deferred answer: invalid header %s dropped", name);
+}
+
+void polis_deferred_finish(struct polis_deferred *d, int status, const char *const *headers,
+                           const void *body, size_t len)
+{
+    if (d == NULL)
+        return;
+    struct polis_response *res = &d->res;
+    res->open = true;
+    if (polis_response_status(res, status) < 0) {
+        polis_warn("http server: deferred answer with an invalid status %d: 500 instead", status);
+        res->failed = true;
+    }
+    for (size_t i = 0; headers != NULL && headers[i] != NULL; i++)
+        deferred_header(res, headers[i]);
+    if (len > 0)
+        polis_response_body(res, body, len);
+    res->open = false;
+
+    struct deferred_hub *h = d->hub;
+    pthread_mutex_lock(&h->mu);
+    if (!h->closed) {
+        d->next = NULL;
+        if (h->done_tail != NULL)
+            h->done_tail->next = d;
+        else
+            h->done_head = d;
+        h->done_tail = d;
+        /* Under the lock: the thread closes the wake only after it closed the hub. */
+        polis_async_send(h->wake);
+        pthread_mutex_unlock(&h->mu);
+        return;
+    }
+    pthread_mutex_unlock(&h->mu);
+    deferred_free(d); /* the server is gone */
+}
+
+/* Count and trace a deferred request once, when it is answered (or its answer came after the
+ * client left). */
+static void deferred_record(struct server_thread *th, struct polis_deferred *d, int status)
+{
+    if (d->recorded)
+        return;
+    d->recorded = true;
+    metrics_record(th, status, &d->t0);
+    if (d->traced)
+        trace_submit(th->srv->tracer, &d->span, status);
+}
+
+/* Queue the answer res to c's deferred request d and let the requests behind it go on. */
+static void conn_answer_deferred(struct conn *c, struct polis_deferred *d,
+                                 struct polis_response *res)
+{
+    struct server_thread *th = c->th;
+    deferred_record(th, d, res->failed ? 500 : res->status);
+    c->deferred = NULL;
+    d->c = NULL;
+    bool keep_alive = d->keep_alive && !res->close && !th->stopping;
+    int rc = res->failed
+                 ? POLIS_ETOOBIG
+                 : conn_queue_response(c, res, d->minor_version, d->head_request, keep_alive);
+    if (rc < 0) {
+        polis_error("http server: deferred answer to %.*s dropped: %s", (int)c->addr_len, c->addr,
+                    polis_strerror(rc));
+        conn_send_error(c, POLIS_ETOOBIG); /* 500 */
+        return;
+    }
+    if (!keep_alive)
+        c->close_after = true;
+}
+
+/* The server stops: a deferred request still waiting is answered 503 now; its
+ * polis_deferred_finish() will only free. */
+static void conn_abort_deferred(struct conn *c)
+{
+    struct server_thread *th = c->th;
+    struct polis_response *res = &th->res;
+    response_reset(res);
+    res->open = true;
+    polis_response_status(res, 503);
+    polis_response_header(res, "Content-Type", "application/json");
+    polis_response_printf(res, "{\"error\":\"shutting_down\",\"status\":503,"
+                               "\"message\":\"the server is stopping\"}");
+    res->open = false;
+    conn_answer_deferred(c, c->deferred, res);
+}
+
+/* Send the answers finished since the last wake-up; free each polis_deferred. */
+static void thread_take_answers(struct server_thread *th)
+{
+    struct deferred_hub *h = th->hub;
+    pthread_mutex_lock(&h->mu);
+    struct polis_deferred *d = h->done_head;
+    h->done_head = h->done_tail = NULL;
+    pthread_mutex_unlock(&h->mu);
+    while (d != NULL) {
+        struct polis_deferred *next = d->next;
+        struct conn *c = d->c;
+        if (c != NULL) {
+            conn_answer_deferred(c, d, &d->res);
+            conn_run(c);
+        } else {
+            deferred_record(th, d, d->res.failed ? 500 : d->res.status); /* the client left */
+        }
+        deferred_free(d);
+        d = next;
+    }
+}
+
+/* The thread ends: answers that come later are only freed. */
+static void hub_close(struct server_thread *th)
+{
+    struct deferred_hub *h = th->hub;
+    if (h == NULL)
+        return;
+    th->hub = NULL;
+    pthread_mutex_lock(&h->mu);
+    h->closed = true;
+    struct polis_deferred *d = h->done_head;
+    h->done_head = h->done_tail = NULL;
+    pthread_mutex_unlock(&h->mu);
+    while (d != NULL) {
+        struct polis_deferred *next = d->next;
+        deferred_free(d);
+        d = next;
+    }
+    hub_unref(h);
 }
 
 /* The request (head and body) is complete at the front of the input: run the handler.
@@ -669,7 +940,7 @@ static void conn_dispatch(struct conn *c, size_t msg_len, size_t body_off, size_
     struct polis_response *res = &th->res;
     response_reset(res);
     res->open = true;
-    struct timespec t0 = {0}, t1 = {0};
+    bool head_request = polis_str_eq(req.method, POLIS_STR("HEAD"));
     if (s->metrics != NULL && polis_str_eq(req.path, POLIS_STR("/metrics")) &&
         (polis_str_eq(req.method, POLIS_STR("GET")) ||
          polis_str_eq(req.method, POLIS_STR("HEAD")))) {
@@ -687,27 +958,42 @@ static void conn_dispatch(struct conn *c, size_t msg_len, size_t body_off, size_
         polis_log_set_context(ri >= 0 ? c->msg.headers[ri].value : (struct polis_str){NULL, 0},
                               cur != NULL ? (struct polis_str){tp + 3, 32}
                                           : (struct polis_str){NULL, 0});
+        res->head_request = head_request;
+        res->conn = c;
         if (s->metrics != NULL)
-            clock_gettime(CLOCK_MONOTONIC, &t0);
+            clock_gettime(CLOCK_MONOTONIC, &res->t0);
         s->handler(&req, res, s->ud);
         polis_log_set_context((struct polis_str){NULL, 0}, (struct polis_str){NULL, 0});
-        if (s->metrics != NULL) {
-            clock_gettime(CLOCK_MONOTONIC, &t1);
-            int status = res->status;
-            int cls = status >= 100 && status < 600 ? status / 100 - 1 : 5;
-            polis_counter_add(th->shard, s->m_requests[cls], 1);
-            polis_histogram_observe(th->shard, s->m_duration, s->m_duration_slot,
-                                    (double)(t1.tv_sec - t0.tv_sec) +
-                                        (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
-        }
+        res->conn = NULL;
         if (s->tracer != NULL)
-            trace_end(th, sampled, res->failed ? 500 : res->status); /* failed: a 500 goes */
+            trace_clear();
+        struct polis_deferred *d = res->deferred;
+        if (d != NULL) {
+            /* Counted and traced when answered. The request's bytes go now: nothing of it is
+             * needed any more, and the requests behind it wait in the input. */
+            if (sampled) {
+                d->traced = true;
+                d->span = th->span;
+            }
+            res->deferred = NULL;
+            res->open = false;
+            response_trim(res);
+            c->deferred = d;
+            polis_buf_consume(&c->in, msg_len);
+            c->phase = PHASE_HEAD;
+            c->scan = 0;
+            return;
+        }
+        metrics_record(th, res->failed ? 500 : res->status, &res->t0);
+        if (sampled)
+            trace_submit(s->tracer, &th->span, res->failed ? 500 : res->status);
     }
     res->open = false;
 
     bool keep_alive = c->msg.keep_alive && !res->close && !th->stopping;
-    bool head_request = polis_str_eq(req.method, POLIS_STR("HEAD"));
-    int rc = res->failed ? POLIS_ETOOBIG : conn_queue_response(c, res, head_request, keep_alive);
+    int rc = res->failed
+                 ? POLIS_ETOOBIG
+                 : conn_queue_response(c, res, c->msg.minor_version, head_request, keep_alive);
     response_trim(res);
     if (rc < 0) {
         polis_error("http server: response to %.*s %.*s dropped: %s", (int)req.method.len,
@@ -882,6 +1168,12 @@ static void conn_set_timer(struct conn *c)
 {
     struct server_thread *th = c->th;
     const struct polis_server *s = th->srv;
+    if (c->deferred != NULL && polis_buf_len(&c->out) == 0) {
+        /* Waiting for the application's answer: no timeout of ours applies. */
+        c->head_timer = false;
+        polis_timer_cancel(th->loop, &c->timer);
+        return;
+    }
     if (polis_buf_len(&c->out) == 0 && c->phase == PHASE_HEAD) {
         if (polis_buf_len(&c->in) == 0) {
             /* Between requests: idle. */
@@ -947,8 +1239,9 @@ static void conn_run(struct conn *c)
             conn_linger(c);
             return;
         }
-        /* Every complete request already here, while the output is small. */
-        while (!c->close_after && polis_buf_len(&c->out) < OUT_HIGH_WATER)
+        /* Every complete request already here, while the output is small; none behind a
+         * deferred one. */
+        while (!c->close_after && c->deferred == NULL && polis_buf_len(&c->out) < OUT_HIGH_WATER)
             if (conn_step(c) == POLIS_EAGAIN)
                 break;
         if (polis_buf_len(&c->out) > 0) {
@@ -968,7 +1261,9 @@ static void conn_run(struct conn *c)
             return;
         }
         if (c->eof || (c->th->stopping && conn_idle(c))) {
-            conn_close(c); /* a partial request can no longer complete */
+            /* A partial request can no longer complete; a client that stops sending while
+             * its answer is deferred is taken as gone (nginx does the same). */
+            conn_close(c);
             return;
         }
         if (++reads > READ_BUDGET) {
@@ -986,6 +1281,11 @@ static void conn_run(struct conn *c)
         if (rc == POLIS_ECLOSED) {
             c->eof = true;
             continue;
+        }
+        if (rc == POLIS_ETOOBIG && c->deferred != NULL) {
+            /* Requests pipelined behind a deferred one filled the input: read on later. */
+            conn_set_timer(c);
+            return;
         }
         if (rc == POLIS_ETOOBIG) {
             /* Unreachable with sane limits (the parser and max_body trip first). */
@@ -1006,7 +1306,7 @@ static void conn_on_timer(struct polis_loop *loop, struct polis_timer *t)
 {
     struct conn *c = container_of(t, struct conn, timer);
     if (c->phase == PHASE_HEAD && polis_buf_len(&c->in) > 0 && polis_buf_len(&c->out) == 0 &&
-        !c->close_after) {
+        !c->close_after && c->deferred == NULL) {
         conn_send_error(c, POLIS_ETIMEDOUT); /* the head did not arrive in time: 408 */
         conn_run(c);
         return;
@@ -1119,12 +1419,13 @@ static void thread_on_drain_timeout(struct polis_loop *loop, struct polis_timer 
     polis_loop_stop(loop);
 }
 
-/* Resume the connections queued before this iteration; those that queue again wait for the
- * next one. Then, when polis_server_stop() asked: stop accepting, close what is idle, let the
- * rest finish. */
+/* Send the deferred answers that arrived, resume the connections queued before this iteration
+ * (those that queue again wait for the next one). Then, when polis_server_stop() asked: stop
+ * accepting, close what is idle, answer deferred requests 503, let the rest finish. */
 static void thread_on_wake(struct polis_async *a)
 {
     struct server_thread *th = container_of(a, struct server_thread, wake);
+    thread_take_answers(th);
     /* conn_run(c) changes the queue only by taking c off its front and maybe putting it back at
      * the tail, so the first n entries are exactly the ones queued before. */
     for (size_t n = th->nready; n > 0 && th->ready_head != NULL; n--)
@@ -1135,8 +1436,12 @@ static void thread_on_wake(struct polis_async *a)
     thread_stop_listening(th);
     for (struct conn *c = th->conns, *next; c != NULL; c = next) {
         next = c->next;
-        if (conn_idle(c) || c->phase == PHASE_LINGER)
+        if (c->deferred != NULL) {
+            conn_abort_deferred(c);
+            conn_run(c); /* may free c only */
+        } else if (conn_idle(c) || c->phase == PHASE_LINGER) {
             conn_close(c);
+        }
     }
     if (th->nconns == 0) {
         polis_loop_stop(th->loop);
@@ -1157,12 +1462,18 @@ static int thread_setup(struct server_thread *th)
     int rc = polis_async_init(th->loop, &th->wake, thread_on_wake);
     if (rc < 0)
         return rc;
+    th->wake_ok = true;
+    th->hub = calloc(1, sizeof(*th->hub));
+    if (th->hub == NULL)
+        return POLIS_ENOMEM;
+    pthread_mutex_init(&th->hub->mu, NULL);
+    th->hub->refs = 1;
+    th->hub->wake = &th->wake;
     if (th->srv->metrics != NULL) {
         th->shard = polis_metrics_shard_new(th->srv->metrics); /* freed with the registry */
         if (th->shard == NULL)
             return POLIS_ENOMEM;
     }
-    th->wake_ok = true;
     rc = polis_loop_add(th->loop, &th->lw, th->lfd, POLIS_EV_READ, thread_on_accept);
     if (rc < 0)
         return rc;
@@ -1179,6 +1490,7 @@ static void thread_teardown(struct server_thread *th)
         conn_close(th->conns);
     thread_stop_listening(th);
     polis_timer_cancel(th->loop, &th->drain_timer);
+    hub_close(th);
     if (th->wake_ok) {
         polis_async_close(&th->wake);
         th->wake_ok = false;

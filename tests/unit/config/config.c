@@ -361,7 +361,7 @@ static void test_unknown_keys(void **state)
     expect_error(LISTEN "listn: \":80\"\n",
                  "t.yaml:2: unknown key 'listn'; expected one of: workers, listen, admin, "
                  "admin_token, access_log, access_log_fields, error_log, limits, timeouts, "
-                 "tracing, clusters, routes");
+                 "tracing, clusters, routes, registry");
     expect_error(LISTEN "limits:\n  max_bdy: 1\n",
                  "t.yaml:3: limits: unknown key 'max_bdy'; expected one of: max_request_line, "
                  "max_header_bytes, max_headers, max_body, max_connections");
@@ -370,14 +370,17 @@ static void test_unknown_keys(void **state)
                  "body_read, idle, request, drain");
     expect_error(LISTEN CLUSTER "    weight: 2\n",
                  "t.yaml:5: clusters[0]: unknown key 'weight'; expected one of: name, balance, "
-                 "hash_on, keepalive, instances, connect_timeout, timeout");
+                 "hash_on, keepalive, instances, connect_timeout, timeout, discovery, "
+                 "health_check, outlier_detection, circuit_breaker, instance_circuit_breaker, "
+                 "retry, panic_threshold, max_connections, max_pending, max_requests");
     expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { hots: a }\n",
                  "t.yaml:7: routes[0].match: unknown key 'hots'; expected one of: host, path, "
-                 "prefix, methods, headers");
+                 "prefix, methods, headers, cookies");
     expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    clster: users\n",
                  "t.yaml:7: routes[0]: unknown key 'clster'; expected one of: name, match, "
                  "cluster, strip_prefix, rewrite, max_body, timeout, request_headers, "
-                 "response_headers");
+                 "response_headers, subset, split, fault, mirror, retry, retry_idempotency_key, "
+                 "max_concurrent");
     expect_error(LISTEN CLUSTER
                  "routes:\n  - cluster: users\n    request_headers: { ad: { A: b } }\n",
                  "t.yaml:7: routes[0].request_headers: unknown key 'ad'; expected one of: add, "
@@ -385,7 +388,7 @@ static void test_unknown_keys(void **state)
     expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n      - { address: "
                         "\"127.0.0.1:1\", wieght: 2 }\n",
                  "t.yaml:5: clusters[0].instances[0]: unknown key 'wieght'; expected one of: "
-                 "address, weight");
+                 "address, weight, metadata");
 }
 
 static void test_wrong_types(void **state)
@@ -419,7 +422,7 @@ static void test_wrong_types(void **state)
                  "or true for presence only");
     expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n      - [1]\n",
                  "t.yaml:5: clusters[0].instances[0]: found a list; expected an address string, "
-                 "or a mapping with address and weight");
+                 "or a mapping with address, weight and metadata");
     expect_error("listen:\n", "t.yaml:1: listen: found nothing; expected an address like "
                               "0.0.0.0:8080, [::1]:8080, :8080 or localhost:8080");
     expect_error("- a\n", "t.yaml:1: found a list; expected a mapping of settings (listen, "
@@ -837,7 +840,8 @@ static void test_multiple_errors(void **state)
         "least_request, hash",
         "t.yaml:10: routes[0].cluster: unknown cluster 'b'; expected one of: a",
         "t.yaml:11: routes[0]: unknown key 'extra'; expected one of: name, match, cluster, "
-        "strip_prefix, rewrite, max_body, timeout, request_headers, response_headers",
+        "strip_prefix, rewrite, max_body, timeout, request_headers, response_headers, subset, "
+        "split, fault, mirror, retry, retry_idempotency_key, max_concurrent",
     };
     if (e.count != sizeof(want) / sizeof(want[0]))
         dump(&e);
@@ -900,7 +904,7 @@ static void test_examples(void **state)
     glob_t g;
     assert_int_equal(glob("examples/config/*.yaml", 0, NULL, &g), 0);
     assert_true(g.gl_pathc >= 2);
-    bool minimal = false, full = false;
+    bool minimal = false, full = false, resilience = false;
     for (size_t i = 0; i < g.gl_pathc; i++) {
         struct polis_config *cfg = NULL;
         struct polis_config_errors e = {0};
@@ -932,9 +936,33 @@ static void test_examples(void **state)
             assert_true(hash_on[0] && hash_on[1] && hash_on[2]);
             assert_true(strip && rewrite);
         }
+        if (strstr(g.gl_pathv[i], "/resilience.yaml")) {
+            resilience = true;
+            /* Static instances with metadata, every resilience section, every traffic kind. */
+            const struct polis_cluster_cfg *c = &cfg->clusters[0];
+            assert_int_equal(c->discovery.kind, POLIS_DISC_STATIC);
+            assert_true(c->health_check.enabled && c->outlier.enabled && c->breaker.enabled &&
+                        c->instance_breaker.enabled);
+            assert_true(c->retry.on & POLIS_RETRY_STATUS);
+            assert_true(c->max_connections && c->max_pending && c->max_requests);
+            assert_true(c->instances[0].num_meta > 0);
+            bool subset = false, split = false, fault = false, mirror = false, retry = false;
+            bool cookies = false;
+            for (size_t r = 0; r < cfg->num_routes; r++) {
+                const struct polis_route_cfg *rt = &cfg->routes[r];
+                subset |= rt->subset.num_match > 0;
+                split |= rt->num_splits > 0;
+                fault |= rt->fault.delay_ms > 0 && rt->fault.abort_status > 0;
+                mirror |= rt->mirror.enabled;
+                retry |= rt->retry != NULL && rt->retry_idempotency_key;
+                cookies |= rt->num_cookies > 0;
+            }
+            assert_true(subset && split && fault && mirror && retry && cookies);
+            assert_true(cfg->registry.enabled);
+        }
         polis__config_free(cfg);
     }
-    assert_true(minimal && full);
+    assert_true(minimal && full && resilience);
     globfree(&g);
 }
 
@@ -1104,6 +1132,849 @@ static void test_large(void **state)
     free(yaml);
 }
 
+/* Every new key of a cluster and a route (lines numbered for the messages). */
+static const char RES[] =
+    "listen: \":8080\"\n"                                    /* 1 */
+    "registry:\n"                                            /* 2 */
+    "  enabled: true\n"                                      /* 3 */
+    "  default_ttl: 20s\n"                                   /* 4 */
+    "  max_ttl: 2h\n"                                        /* 5 */
+    "  max_wait: 90s\n"                                      /* 6 */
+    "clusters:\n"                                            /* 7 */
+    "  - name: orders\n"                                     /* 8 */
+    "    health_check:\n"                                    /* 9 */
+    "      path: /healthz\n"                                 /* 10 */
+    "      host: orders.internal\n"                          /* 11 */
+    "      interval: 4s\n"                                   /* 12 */
+    "      timeout: 2s\n"                                    /* 13 */
+    "      jitter: 300ms\n"                                  /* 14 */
+    "      healthy_threshold: 4\n"                           /* 15 */
+    "      unhealthy_threshold: 5\n"                         /* 16 */
+    "      expected_statuses: [204, \"200-299\", \"301\"]\n" /* 17 */
+    "    outlier_detection:\n"                               /* 18 */
+    "      consecutive_5xx: 7\n"                             /* 19 */
+    "      consecutive_gateway_errors: 0\n"                  /* 20 */
+    "      consecutive_connect_failures: 4\n"                /* 21 */
+    "      base_ejection_time: 10s\n"                        /* 22 */
+    "      max_ejection_time: 2m\n"                          /* 23 */
+    "      max_ejection_percent: 30\n"                       /* 24 */
+    "    circuit_breaker:\n"                                 /* 25 */
+    "      window: time\n"                                   /* 26 */
+    "      window_size: 60\n"                                /* 27 */
+    "      minimum_calls: 15\n"                              /* 28 */
+    "      failure_rate: 40\n"                               /* 29 */
+    "      slow_call_rate: 90\n"                             /* 30 */
+    "      slow_call_duration: 3s\n"                         /* 31 */
+    "      consecutive_failures: 8\n"                        /* 32 */
+    "      open_duration: 45s\n"                             /* 33 */
+    "      half_open_calls: 2\n"                             /* 34 */
+    "    instance_circuit_breaker:\n"                        /* 35 */
+    "      enabled: false\n"                                 /* 36 */
+    "      window: count\n"                                  /* 37 */
+    "      window_size: 50\n"                                /* 38 */
+    "    retry:\n"                                           /* 39 */
+    "      attempts: 5\n"                                    /* 40 */
+    "      on: [reset, timeout, 503, 502, 503]\n"            /* 41 */
+    "      backoff_base: 10ms\n"                             /* 42 */
+    "      backoff_max: 1s\n"                                /* 43 */
+    "      per_try_timeout: 2s\n"                            /* 44 */
+    "      deadline: 10s\n"                                  /* 45 */
+    "      budget_percent: 30\n"                             /* 46 */
+    "      budget_min: 7\n"                                  /* 47 */
+    "    panic_threshold: 0\n"                               /* 48 */
+    "    max_connections: 1000\n"                            /* 49 */
+    "    max_pending: 100\n"                                 /* 50 */
+    "    max_requests: 2000\n"                               /* 51 */
+    "    instances:\n"                                       /* 52 */
+    "      - address: \"127.0.0.1:9001\"\n"                  /* 53 */
+    "        weight: 10\n"                                   /* 54 */
+    "        metadata: { version: v1, zone: a }\n"           /* 55 */
+    "      - address: \"127.0.0.1:9002\"\n"                  /* 56 */
+    "        metadata: { version: v2, build: 42 }\n"         /* 57 */
+    "      - \"127.0.0.1:9003\"\n"                           /* 58 */
+    "  - name: reg\n"                                        /* 59 */
+    "    discovery: { type: registry }\n"                    /* 60 */
+    "  - name: dns\n"                                        /* 61 */
+    "    discovery:\n"                                       /* 62 */
+    "      type: dns\n"                                      /* 63 */
+    "      name: orders.svc.local\n"                         /* 64 */
+    "      port: 8080\n"                                     /* 65 */
+    "      server: \"127.0.0.1:5353\"\n"                     /* 66 */
+    "      min_ttl: 2s\n"                                    /* 67 */
+    "      max_ttl: 1m\n"                                    /* 68 */
+    "  - name: srv\n"                                        /* 69 */
+    "    discovery: { type: dns, name: _http._tcp.orders.local, record: srv, server: \"[::1]:53\" "
+    "}\n"                                                                      /* 70 */
+    "  - name: etcd\n"                                                         /* 71 */
+    "    discovery:\n"                                                         /* 72 */
+    "      type: etcd\n"                                                       /* 73 */
+    "      endpoints: [\"http://127.0.0.1:2379\", \"http://10.0.0.2:2379\"]\n" /* 74 */
+    "      prefix: /polis/services/orders/\n"                                  /* 75 */
+    "routes:\n"                                                                /* 76 */
+    "  - name: canary\n"                                                       /* 77 */
+    "    match:\n"                                                             /* 78 */
+    "      prefix: /orders/\n"                                                 /* 79 */
+    "      headers: { X-A: \"1\" }\n"                                          /* 80 */
+    "      cookies: { beta: , session: true, group: \"gold\" }\n"              /* 81 */
+    "    cluster: orders\n"                                                    /* 82 */
+    "    subset: { version: v2 }\n"                                            /* 83 */
+    "    fault:\n"                                                             /* 84 */
+    "      delay: 100ms\n"                                                     /* 85 */
+    "      delay_percent: 12.5\n"                                              /* 86 */
+    "      abort_status: 503\n"                                                /* 87 */
+    "      abort_percent: 0.5\n"                                               /* 88 */
+    "    mirror:\n"                                                            /* 89 */
+    "      subset: { version: v2 }\n"                                          /* 90 */
+    "      percent: 25\n"                                                      /* 91 */
+    "      compare_headers: [content-type, etag]\n"                            /* 92 */
+    "      ignore_fields: [timestamp, meta.id]\n"                              /* 93 */
+    "    retry:\n"                                                             /* 94 */
+    "      attempts: 2\n"                                                      /* 95 */
+    "      on: [connect_failure]\n"                                            /* 96 */
+    "    retry_idempotency_key: true\n"                                        /* 97 */
+    "    max_concurrent: 100\n"                                                /* 98 */
+    "  - name: split\n"                                                        /* 99 */
+    "    cluster: orders\n"                                                    /* 100 */
+    "    split:\n"                                                             /* 101 */
+    "      - subset: { version: v1, zone: a }\n"                               /* 102 */
+    "        weight: 95\n"                                                     /* 103 */
+    "      - subset: { version: v2 }\n"                                        /* 104 */
+    "        weight: 5\n"                                                      /* 105 */
+    "      - weight: 0\n" /* 106 */;
+
+/* ---- Discovery, health, breakers, retries, bulkheads, traffic ---------------------------- */
+
+/* Every new key, read back field by field. */
+static void test_resilience_full(void **state)
+{
+    struct polis_config *cfg = expect_ok(RES);
+    assert_true(cfg->registry.enabled);
+    assert_int_equal(cfg->registry.default_ttl_ms, 20000);
+    assert_int_equal(cfg->registry.max_ttl_ms, 7200000);
+    assert_int_equal(cfg->registry.max_wait_ms, 90000);
+    assert_int_equal(cfg->num_clusters, 5);
+
+    const struct polis_cluster_cfg *c = &cfg->clusters[0];
+    assert_int_equal(c->discovery.kind, POLIS_DISC_STATIC);
+    const struct polis_health_check_cfg *h = &c->health_check;
+    assert_true(h->enabled);
+    assert_string_equal(h->path, "/healthz");
+    assert_string_equal(h->host, "orders.internal");
+    assert_int_equal(h->interval_ms, 4000);
+    assert_int_equal(h->timeout_ms, 2000);
+    assert_int_equal(h->jitter_ms, 300);
+    assert_int_equal(h->healthy_threshold, 4);
+    assert_int_equal(h->unhealthy_threshold, 5);
+    assert_int_equal(h->num_statuses, 3);
+    assert_int_equal(h->statuses[0][0], 204);
+    assert_int_equal(h->statuses[0][1], 204);
+    assert_int_equal(h->statuses[1][0], 200);
+    assert_int_equal(h->statuses[1][1], 299);
+    assert_int_equal(h->statuses[2][0], 301);
+    assert_int_equal(h->statuses[2][1], 301);
+    const struct polis_outlier_cfg *o = &c->outlier;
+    assert_true(o->enabled);
+    assert_int_equal(o->consecutive_5xx, 7);
+    assert_int_equal(o->consecutive_gateway_errors, 0);
+    assert_int_equal(o->consecutive_connect_failures, 4);
+    assert_int_equal(o->base_ejection_ms, 10000);
+    assert_int_equal(o->max_ejection_ms, 120000);
+    assert_int_equal(o->max_ejection_percent, 30);
+    const struct polis_breaker_cfg *b = &c->breaker;
+    assert_true(b->enabled);
+    assert_int_equal(b->window, POLIS_WINDOW_TIME);
+    assert_int_equal(b->window_size, 60);
+    assert_int_equal(b->min_calls, 15);
+    assert_int_equal(b->failure_rate, 40);
+    assert_int_equal(b->slow_call_rate, 90);
+    assert_int_equal(b->slow_call_ms, 3000);
+    assert_int_equal(b->consecutive_failures, 8);
+    assert_int_equal(b->open_ms, 45000);
+    assert_int_equal(b->half_open_calls, 2);
+    b = &c->instance_breaker;
+    assert_false(b->enabled);
+    assert_int_equal(b->window, POLIS_WINDOW_COUNT);
+    assert_int_equal(b->window_size, 50);
+    assert_int_equal(b->min_calls, 20);
+    const struct polis_retry_cfg *rt = &c->retry;
+    assert_int_equal(rt->attempts, 5);
+    assert_int_equal(rt->on, POLIS_RETRY_RESET | POLIS_RETRY_TIMEOUT | POLIS_RETRY_STATUS);
+    assert_int_equal(rt->num_statuses, 2); /* 503 twice: kept once */
+    assert_int_equal(rt->statuses[0], 503);
+    assert_int_equal(rt->statuses[1], 502);
+    assert_int_equal(rt->backoff_base_ms, 10);
+    assert_int_equal(rt->backoff_max_ms, 1000);
+    assert_int_equal(rt->per_try_timeout_ms, 2000);
+    assert_int_equal(rt->deadline_ms, 10000);
+    assert_int_equal(rt->budget_percent, 30);
+    assert_int_equal(rt->budget_min, 7);
+    assert_int_equal(c->panic_threshold, 0);
+    assert_int_equal(c->max_connections, 1000);
+    assert_int_equal(c->max_pending, 100);
+    assert_int_equal(c->max_requests, 2000);
+    assert_int_equal(c->num_instances, 3);
+    assert_int_equal(c->instances[0].weight, 10);
+    assert_null(c->instances[0].id);
+    assert_int_equal(c->instances[0].num_meta, 2);
+    assert_string_equal(c->instances[0].meta[0].name, "version");
+    assert_string_equal(c->instances[0].meta[0].value, "v1");
+    assert_string_equal(c->instances[0].meta[1].name, "zone");
+    assert_string_equal(c->instances[0].meta[1].value, "a");
+    assert_int_equal(c->instances[1].weight, 1);
+    assert_int_equal(c->instances[1].num_meta, 2);
+    assert_string_equal(c->instances[1].meta[1].name, "build");
+    assert_string_equal(c->instances[1].meta[1].value, "42"); /* a number, kept as text */
+    assert_int_equal(c->instances[2].num_meta, 0);
+    assert_null(c->instances[2].meta);
+
+    c = &cfg->clusters[1];
+    assert_int_equal(c->discovery.kind, POLIS_DISC_REGISTRY);
+    assert_string_equal(c->discovery.service, "reg"); /* default: the cluster's name */
+    assert_int_equal(c->num_instances, 0);
+    c = &cfg->clusters[2];
+    assert_int_equal(c->discovery.kind, POLIS_DISC_DNS);
+    assert_string_equal(c->discovery.dns_name, "orders.svc.local");
+    assert_int_equal(c->discovery.dns_type, POLIS_DNS_A);
+    assert_int_equal(c->discovery.dns_port, 8080);
+    assert_string_equal(c->discovery.dns_server, "127.0.0.1:5353");
+    assert_int_equal(c->discovery.dns_min_ttl_ms, 2000);
+    assert_int_equal(c->discovery.dns_max_ttl_ms, 60000);
+    assert_null(c->discovery.service);
+    c = &cfg->clusters[3];
+    assert_int_equal(c->discovery.dns_type, POLIS_DNS_SRV);
+    assert_string_equal(c->discovery.dns_name, "_http._tcp.orders.local");
+    assert_int_equal(c->discovery.dns_port, 0);
+    assert_string_equal(c->discovery.dns_server, "[::1]:53");
+    assert_int_equal(c->discovery.dns_min_ttl_ms, 1000);
+    assert_int_equal(c->discovery.dns_max_ttl_ms, 30000);
+    c = &cfg->clusters[4];
+    assert_int_equal(c->discovery.kind, POLIS_DISC_ETCD);
+    assert_int_equal(c->discovery.num_etcd_endpoints, 2);
+    assert_string_equal(c->discovery.etcd_endpoints[0], "http://127.0.0.1:2379");
+    assert_string_equal(c->discovery.etcd_endpoints[1], "http://10.0.0.2:2379");
+    assert_string_equal(c->discovery.etcd_prefix, "/polis/services/orders/");
+
+    const struct polis_route_cfg *r = &cfg->routes[0];
+    assert_int_equal(r->num_headers, 1);
+    assert_int_equal(r->num_cookies, 3);
+    assert_string_equal(r->cookies[0].name, "beta");
+    assert_null(r->cookies[0].value);
+    assert_string_equal(r->cookies[1].name, "session");
+    assert_null(r->cookies[1].value);
+    assert_string_equal(r->cookies[2].name, "group");
+    assert_string_equal(r->cookies[2].value, "gold");
+    assert_int_equal(r->subset.num_match, 1);
+    assert_string_equal(r->subset.match[0].name, "version");
+    assert_string_equal(r->subset.match[0].value, "v2");
+    assert_int_equal(r->num_splits, 0);
+    assert_int_equal(r->fault.delay_ms, 100);
+    assert_true(r->fault.delay_percent == 12.5);
+    assert_int_equal(r->fault.abort_status, 503);
+    assert_true(r->fault.abort_percent == 0.5);
+    assert_true(r->mirror.enabled);
+    assert_int_equal(r->mirror.subset.num_match, 1);
+    assert_string_equal(r->mirror.subset.match[0].value, "v2");
+    assert_true(r->mirror.percent == 25);
+    assert_int_equal(r->mirror.num_compare_headers, 2);
+    assert_string_equal(r->mirror.compare_headers[0], "content-type");
+    assert_string_equal(r->mirror.compare_headers[1], "etag");
+    assert_int_equal(r->mirror.num_ignore_fields, 2);
+    assert_string_equal(r->mirror.ignore_fields[0], "timestamp");
+    assert_string_equal(r->mirror.ignore_fields[1], "meta.id");
+    assert_non_null(r->retry);
+    assert_int_equal(r->retry->attempts, 2);
+    assert_int_equal(r->retry->on, POLIS_RETRY_CONNECT);
+    assert_int_equal(r->retry->num_statuses, 0);
+    /* The rest of the route's policy: the defaults, not the cluster's values. */
+    assert_int_equal(r->retry->backoff_base_ms, 25);
+    assert_int_equal(r->retry->backoff_max_ms, 250);
+    assert_int_equal(r->retry->budget_percent, 20);
+    assert_int_equal(r->retry->budget_min, 3);
+    assert_int_equal(r->retry->per_try_timeout_ms, 0);
+    assert_true(r->retry_idempotency_key);
+    assert_int_equal(r->max_concurrent, 100);
+
+    r = &cfg->routes[1];
+    assert_int_equal(r->subset.num_match, 0);
+    assert_null(r->subset.match);
+    assert_int_equal(r->num_splits, 3);
+    assert_int_equal(r->splits[0].weight, 95);
+    assert_int_equal(r->splits[0].subset.num_match, 2);
+    assert_string_equal(r->splits[0].subset.match[1].name, "zone");
+    assert_string_equal(r->splits[0].subset.match[1].value, "a");
+    assert_int_equal(r->splits[1].weight, 5);
+    assert_int_equal(r->splits[2].weight, 0);
+    assert_int_equal(r->splits[2].subset.num_match, 0);
+    assert_null(r->retry);
+    assert_false(r->mirror.enabled);
+    assert_false(r->retry_idempotency_key);
+    polis__config_free(cfg);
+}
+
+/* Absent sections: their defaults; present but empty sections: enabled with the defaults. */
+static void test_resilience_defaults(void **state)
+{
+    struct polis_config d;
+    polis__config_defaults(&d);
+    assert_false(d.registry.enabled);
+    assert_int_equal(d.registry.default_ttl_ms, 30000);
+    assert_int_equal(d.registry.max_ttl_ms, 3600000);
+    assert_int_equal(d.registry.max_wait_ms, 300000);
+
+    struct polis_config *cfg = expect_ok(LISTEN CLUSTER "routes:\n  - cluster: users\n");
+    const struct polis_cluster_cfg *c = &cfg->clusters[0];
+    assert_int_equal(c->discovery.kind, POLIS_DISC_STATIC);
+    assert_null(c->discovery.service);
+    assert_false(c->health_check.enabled);
+    assert_null(c->health_check.path);
+    assert_false(c->outlier.enabled);
+    assert_false(c->breaker.enabled);
+    assert_false(c->instance_breaker.enabled);
+    assert_int_equal(c->retry.attempts, 3);
+    assert_int_equal(c->retry.on, POLIS_RETRY_CONNECT | POLIS_RETRY_RESET);
+    assert_int_equal(c->retry.num_statuses, 0);
+    assert_int_equal(c->retry.backoff_base_ms, 25);
+    assert_int_equal(c->retry.backoff_max_ms, 250);
+    assert_int_equal(c->retry.per_try_timeout_ms, 0);
+    assert_int_equal(c->retry.deadline_ms, 0);
+    assert_int_equal(c->retry.budget_percent, 20);
+    assert_int_equal(c->retry.budget_min, 3);
+    assert_int_equal(c->panic_threshold, 50);
+    assert_int_equal(c->max_connections + c->max_pending + c->max_requests, 0);
+    assert_int_equal(c->instances[0].num_meta, 0);
+    const struct polis_route_cfg *r = &cfg->routes[0];
+    assert_int_equal(r->num_cookies, 0);
+    assert_int_equal(r->subset.num_match + r->num_splits, 0);
+    assert_int_equal(r->fault.delay_ms, 0);
+    assert_true(r->fault.delay_percent == 0 && r->fault.abort_percent == 0);
+    assert_int_equal(r->fault.abort_status, 0);
+    assert_false(r->mirror.enabled);
+    assert_null(r->retry);
+    assert_false(r->retry_idempotency_key);
+    assert_int_equal(r->max_concurrent, 0);
+    assert_false(cfg->registry.enabled);
+    assert_int_equal(cfg->registry.default_ttl_ms, 30000);
+    polis__config_free(cfg);
+
+    cfg = expect_ok(LISTEN "registry: { enabled: true }\n"
+                           "clusters:\n"
+                           "  - name: users\n"
+                           "    instances: [\"127.0.0.1:9001\"]\n"
+                           "    health_check:\n"
+                           "    outlier_detection: {}\n"
+                           "    circuit_breaker: { window: time }\n"
+                           "    instance_circuit_breaker: {}\n"
+                           "    retry: { attempts: 1 }\n"
+                           "routes:\n"
+                           "  - cluster: users\n"
+                           "    fault: { delay: 1s, abort_status: 500 }\n"
+                           "    mirror:\n"
+                           "    retry: {}\n");
+    assert_true(cfg->registry.enabled);
+    assert_int_equal(cfg->registry.max_ttl_ms, 3600000);
+    c = &cfg->clusters[0];
+    const struct polis_health_check_cfg *h = &c->health_check;
+    assert_true(h->enabled);
+    assert_string_equal(h->path, "/health");
+    assert_null(h->host);
+    assert_int_equal(h->interval_ms, 5000);
+    assert_int_equal(h->timeout_ms, 1000);
+    assert_int_equal(h->jitter_ms, 500);
+    assert_int_equal(h->healthy_threshold, 2);
+    assert_int_equal(h->unhealthy_threshold, 3);
+    assert_int_equal(h->num_statuses, 1);
+    assert_int_equal(h->statuses[0][0], 200);
+    assert_int_equal(h->statuses[0][1], 399);
+    const struct polis_outlier_cfg *o = &c->outlier;
+    assert_true(o->enabled);
+    assert_int_equal(o->consecutive_5xx, 5);
+    assert_int_equal(o->consecutive_gateway_errors, 3);
+    assert_int_equal(o->consecutive_connect_failures, 2);
+    assert_int_equal(o->base_ejection_ms, 30000);
+    assert_int_equal(o->max_ejection_ms, 300000);
+    assert_int_equal(o->max_ejection_percent, 50);
+    assert_true(c->breaker.enabled);
+    assert_int_equal(c->breaker.window, POLIS_WINDOW_TIME);
+    assert_int_equal(c->breaker.window_size, 10); /* seconds, for a time window */
+    const struct polis_breaker_cfg *b = &c->instance_breaker;
+    assert_true(b->enabled);
+    assert_int_equal(b->window, POLIS_WINDOW_COUNT);
+    assert_int_equal(b->window_size, 100);
+    assert_int_equal(b->min_calls, 20);
+    assert_int_equal(b->failure_rate, 50);
+    assert_int_equal(b->slow_call_rate, 0);
+    assert_int_equal(b->slow_call_ms, 5000);
+    assert_int_equal(b->consecutive_failures, 0);
+    assert_int_equal(b->open_ms, 30000);
+    assert_int_equal(b->half_open_calls, 3);
+    assert_int_equal(c->retry.attempts, 1);
+    assert_int_equal(c->retry.on, POLIS_RETRY_CONNECT | POLIS_RETRY_RESET);
+    r = &cfg->routes[0];
+    assert_int_equal(r->fault.delay_ms, 1000);
+    assert_true(r->fault.delay_percent == 100); /* a delay without a percent: every request */
+    assert_int_equal(r->fault.abort_status, 500);
+    assert_true(r->fault.abort_percent == 100);
+    assert_true(r->mirror.enabled);
+    assert_true(r->mirror.percent == 100);
+    assert_int_equal(r->mirror.subset.num_match, 0);
+    assert_int_equal(r->mirror.num_compare_headers + r->mirror.num_ignore_fields, 0);
+    assert_non_null(r->retry);
+    assert_int_equal(r->retry->attempts, 3);
+    assert_int_equal(r->retry->on, POLIS_RETRY_CONNECT | POLIS_RETRY_RESET);
+    assert_int_equal(r->retry->backoff_max_ms, 250);
+    polis__config_free(cfg);
+
+    /* jitter: a tenth of the interval unless given; enabled: false keeps a section off. */
+    cfg = expect_ok(LISTEN "clusters:\n"
+                           "  - name: users\n"
+                           "    instances: [\"127.0.0.1:9001\"]\n"
+                           "    health_check: { interval: 30s }\n"
+                           "    outlier_detection: { enabled: false }\n"
+                           "    circuit_breaker: { enabled: false, failure_rate: 0 }\n"
+                           "routes:\n"
+                           "  - cluster: users\n"
+                           "    mirror: { enabled: false }\n");
+    assert_int_equal(cfg->clusters[0].health_check.jitter_ms, 3000);
+    assert_false(cfg->clusters[0].outlier.enabled);
+    assert_false(cfg->clusters[0].breaker.enabled);
+    assert_false(cfg->routes[0].mirror.enabled);
+    polis__config_free(cfg);
+}
+
+/* A static cluster "users" (lines 2-4) with a health check at line 5, its keys from 6. */
+#define CLUSTER_H LISTEN CLUSTER "    health_check:\n"
+/* A cluster "a" at line 3, its keys from line 4 on. */
+#define CL_A LISTEN "clusters:\n  - name: a\n"
+/* A static cluster "users" (lines 2-6) with metadata, and a route "r" to it from line 8. */
+#define META                                                                                       \
+    LISTEN "clusters:\n"                                                                           \
+           "  - name: users\n"                                                                     \
+           "    instances:\n"                                                                      \
+           "      - { address: \"127.0.0.1:9001\", metadata: { version: v1 } }\n"                  \
+           "      - { address: \"127.0.0.1:9002\", metadata: { version: v2, zone: b } }\n"         \
+           "routes:\n"                                                                             \
+           "  - name: r\n"                                                                         \
+           "    cluster: users\n"
+
+static void test_discovery_errors(void **state)
+{
+    expect_error(CL_A "    discovery:\n      type: registry\n",
+                 "t.yaml:5: clusters[0].discovery.type: registry, but the embedded registry is "
+                 "off; expected registry: {enabled: true} at the top level, or another type");
+    expect_one(LISTEN "registry: { enabled: true }\nadmin: off\n",
+               "t.yaml:2: registry.enabled: true but admin is off", "expected an admin listener");
+    expect_error(CL_A "    discovery: { type: consul }\n",
+                 "t.yaml:4: clusters[0].discovery.type: found 'consul'; expected one of: static, "
+                 "registry, dns, etcd");
+    expect_one(CL_A "    discovery: { name: x }\n",
+               "t.yaml:4: clusters[0].discovery: no type; expected type: static, registry, dns or "
+               "etcd",
+               "");
+    expect_error(CL_A "    discovery: { type: registry, prefix: /x }\n",
+                 "t.yaml:4: clusters[0].discovery: unknown key 'prefix'; expected one of: type, "
+                 "service");
+    expect_error(CL_A "    discovery: { type: dns, port: 53 }\n",
+                 "t.yaml:4: clusters[0].discovery: no name; expected name: the DNS name to "
+                 "resolve, like orders.svc.local");
+    expect_error(CL_A "    discovery:\n      type: dns\n      name: x.local\n",
+                 "t.yaml:5: clusters[0].discovery: no port; expected port: 1..65535 (A and AAAA "
+                 "records carry no port)");
+    expect_error(CL_A "    discovery:\n      type: dns\n      name: x.local\n      record: srv\n"
+                      "      port: 80\n",
+                 "t.yaml:8: clusters[0].discovery.port: set with record srv; expected no port "
+                 "(SRV records carry the ports)");
+    expect_error(CL_A
+                 "    discovery:\n      type: dns\n      name: \"*.x.local\"\n      port: 80\n",
+                 "t.yaml:6: clusters[0].discovery.name: found '*.x.local'; expected a DNS name "
+                 "like orders.svc.local or _http._tcp.orders.local");
+    expect_error(CL_A "    discovery:\n      type: dns\n      name: x.local\n      port: 80\n"
+                      "      server: localhost:53\n",
+                 "t.yaml:8: clusters[0].discovery.server: found 'localhost:53'; expected a "
+                 "numeric address and port like 127.0.0.1:53 or [::1]:53");
+    expect_error(CL_A "    discovery:\n      type: dns\n      name: x.local\n      port: 80\n"
+                      "      min_ttl: 1m\n      max_ttl: 30s\n",
+                 "t.yaml:8: clusters[0].discovery.min_ttl: 1m is longer than max_ttl 30s; "
+                 "expected at most max_ttl");
+    expect_error(CL_A "    discovery:\n      type: etcd\n      prefix: /p/\n",
+                 "t.yaml:5: clusters[0].discovery: no endpoints; expected endpoints: a list of "
+                 "http:// URLs like [http://127.0.0.1:2379]");
+    expect_error(CL_A "    discovery:\n      type: etcd\n      prefix: /p/\n"
+                      "      endpoints:\n        - http://a:1\n        - https://b:2379\n",
+                 "t.yaml:9: clusters[0].discovery.endpoints[1]: found 'https://b:2379'; expected "
+                 "an http:// URL like http://127.0.0.1:2379");
+    expect_error(CL_A "    discovery:\n      type: etcd\n      endpoints: [\"http://a:1\"]\n"
+                      "      prefix: \"\"\n",
+                 "t.yaml:7: clusters[0].discovery: empty prefix; expected prefix: the key prefix "
+                 "of the service's instances, like /polis/services/orders/");
+    expect_error(CL_A "    discovery: { type: etcd, endpoints: [\"http://a:1\"] }\n",
+                 "t.yaml:4: clusters[0].discovery: no prefix; expected prefix: the key prefix "
+                 "of the service's instances, like /polis/services/orders/");
+    expect_error(CL_A "    discovery: { type: dns, name: a.b, port: 1 }\n"
+                      "    instances: [\"127.0.0.1:1\"]\n",
+                 "t.yaml:5: clusters[0].instances: set with discovery type dns; expected no "
+                 "instances (the discovery source finds them)");
+    expect_error(CL_A "    discovery: { type: static }\n",
+                 "t.yaml:3: clusters[0]: no instances; expected instances: a list of at least one "
+                 "address like \"127.0.0.1:9001\"");
+    /* A broken discovery section is reported once, not again as "no instances". */
+    expect_one(CL_A "    discovery: dns\n",
+               "t.yaml:4: clusters[0].discovery: found 'dns'; expected a mapping with type", "");
+    expect_error(LISTEN "registry: { enabled: true, default_ttl: 2h, max_ttl: 1h }\n",
+                 "t.yaml:2: registry.default_ttl: 2h is longer than max_ttl 1h; expected at most "
+                 "max_ttl");
+    expect_error(LISTEN "registry: { default_ttl: 500ms }\n",
+                 "t.yaml:2: registry.default_ttl: found '500ms', out of range; expected 1s..24h");
+    expect_error(LISTEN "registry: { enabled: yes }\n",
+                 "t.yaml:2: registry.enabled: found 'yes'; expected true or false");
+}
+
+static void test_cluster_resilience_errors(void **state)
+{
+    expect_error(CLUSTER_H "      interval: 0\n",
+                 "t.yaml:6: clusters[0].health_check.interval: found '0', out of range; expected "
+                 "1ms..24h");
+    expect_error(CLUSTER_H "      interval: 2s\n      timeout: 5s\n",
+                 "t.yaml:7: clusters[0].health_check.timeout: 5s is longer than interval 2s; "
+                 "expected at most interval");
+    expect_error(CLUSTER_H "      expected_statuses: [200, \"500-400\", 700, abc]\n",
+                 "t.yaml:6: clusters[0].health_check.expected_statuses[1]: found '500-400'; "
+                 "expected a status like 200 or a range like \"200-299\" within 100..599");
+    expect_error(CLUSTER_H "      expected_statuses: [700]\n",
+                 "t.yaml:6: clusters[0].health_check.expected_statuses[0]: found '700'; expected "
+                 "a status like 200 or a range like \"200-299\" within 100..599");
+    expect_error(CLUSTER_H "      path: health\n",
+                 "t.yaml:6: clusters[0].health_check.path: found 'health'; expected a path "
+                 "starting with '/' without spaces, like /health");
+    expect_error(CLUSTER_H "      healthy_threshold: 0\n",
+                 "t.yaml:6: clusters[0].health_check.healthy_threshold: found '0', out of range; "
+                 "expected 1..1000");
+    expect_error(LISTEN CLUSTER "    outlier_detection: { max_ejection_percent: 101 }\n",
+                 "t.yaml:5: clusters[0].outlier_detection.max_ejection_percent: found '101', out "
+                 "of range; expected 0..100");
+    expect_error(LISTEN CLUSTER "    outlier_detection:\n      base_ejection_time: 10m\n"
+                                "      max_ejection_time: 1m\n",
+                 "t.yaml:6: clusters[0].outlier_detection.base_ejection_time: 10m is longer than "
+                 "max_ejection_time 1m; expected at most max_ejection_time");
+    expect_error(LISTEN CLUSTER "    outlier_detection:\n      consecutive_5xx: 0\n"
+                                "      consecutive_gateway_errors: 0\n"
+                                "      consecutive_connect_failures: 0\n",
+                 "t.yaml:5: clusters[0].outlier_detection: nothing can eject an instance; "
+                 "expected consecutive_5xx, consecutive_gateway_errors or "
+                 "consecutive_connect_failures above 0 (or enabled: false)");
+    expect_error(LISTEN CLUSTER "    circuit_breaker: { failure_rate: 101 }\n",
+                 "t.yaml:5: clusters[0].circuit_breaker.failure_rate: found '101', out of range; "
+                 "expected 0..100");
+    expect_error(LISTEN CLUSTER "    instance_circuit_breaker:\n      half_open_calls: 0\n",
+                 "t.yaml:6: clusters[0].instance_circuit_breaker.half_open_calls: found '0', out "
+                 "of range; expected 1..10000");
+    expect_error(LISTEN CLUSTER "    circuit_breaker: { window_size: 0 }\n",
+                 "t.yaml:5: clusters[0].circuit_breaker.window_size: found '0', out of range; "
+                 "expected 1..100000");
+    expect_error(LISTEN CLUSTER "    circuit_breaker: { window: time, window_size: 7200 }\n",
+                 "t.yaml:5: clusters[0].circuit_breaker.window_size: found '7200', out of range; "
+                 "expected 1..3600");
+    expect_error(LISTEN CLUSTER "    circuit_breaker: { window: sliding }\n",
+                 "t.yaml:5: clusters[0].circuit_breaker.window: found 'sliding'; expected count "
+                 "or time");
+    expect_error(LISTEN CLUSTER
+                 "    circuit_breaker:\n      window_size: 10\n      minimum_calls: 20\n",
+                 "t.yaml:7: clusters[0].circuit_breaker.minimum_calls: 20 is more than "
+                 "window_size 10; expected at most window_size (a count window never holds more "
+                 "calls)");
+    expect_error(LISTEN CLUSTER "    circuit_breaker: { failure_rate: 0 }\n",
+                 "t.yaml:5: clusters[0].circuit_breaker: nothing can open it; expected "
+                 "failure_rate, slow_call_rate or consecutive_failures above 0 (or enabled: "
+                 "false)");
+    expect_error(LISTEN CLUSTER "    retry: { attempts: 11 }\n",
+                 "t.yaml:5: clusters[0].retry.attempts: found '11', out of range; expected "
+                 "1..10");
+    expect_error(LISTEN CLUSTER "    retry: { attempts: 0 }\n",
+                 "t.yaml:5: clusters[0].retry.attempts: found '0', out of range; expected 1..10");
+    expect_error(LISTEN CLUSTER "    retry:\n      backoff_base: 1s\n",
+                 "t.yaml:6: clusters[0].retry.backoff_base: 1s is longer than backoff_max 250ms; "
+                 "expected at most backoff_max");
+    expect_error(LISTEN CLUSTER "    retry:\n      on: [reset, 404]\n",
+                 "t.yaml:6: clusters[0].retry.on[1]: found '404', out of range; expected "
+                 "500..599");
+    expect_error(LISTEN CLUSTER "    retry:\n      on: [reset, 5xx]\n",
+                 "t.yaml:6: clusters[0].retry.on[1]: found '5xx'; expected connect_failure, "
+                 "reset, timeout or a status from 500 to 599");
+    expect_error(LISTEN CLUSTER "    retry: { on: reset }\n",
+                 "t.yaml:5: clusters[0].retry.on: found 'reset'; expected a list like "
+                 "[connect_failure, reset, timeout, 503]");
+    expect_error(LISTEN CLUSTER "    retry: { budget_percent: 150 }\n",
+                 "t.yaml:5: clusters[0].retry.budget_percent: found '150', out of range; "
+                 "expected 0..100");
+    expect_error(LISTEN CLUSTER "    panic_threshold: 101\n",
+                 "t.yaml:5: clusters[0].panic_threshold: found '101', out of range; expected "
+                 "0..100");
+    expect_error(LISTEN CLUSTER "    max_requests: -1\n",
+                 "t.yaml:5: clusters[0].max_requests: found '-1'; expected an integer in "
+                 "0..10000000");
+    expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n"
+                        "      - address: \"127.0.0.1:1\"\n"
+                        "        metadata: { version: v1, weight: 5 }\n",
+                 "t.yaml:6: clusters[0].instances[0].metadata.weight: a weight in metadata; "
+                 "expected weight: beside address (only discovery sources read a weight from "
+                 "metadata)");
+    expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n"
+                        "      - address: \"127.0.0.1:1\"\n"
+                        "        metadata: { \"a b\": v1 }\n",
+                 "t.yaml:6: clusters[0].instances[0].metadata: key 'a b'; expected a metadata "
+                 "key of letters, digits, '_', '.' or '-'");
+    expect_error(LISTEN "clusters:\n  - name: a\n    instances:\n"
+                        "      - address: \"127.0.0.1:1\"\n"
+                        "        metadata: { zone: [a] }\n",
+                 "t.yaml:6: clusters[0].instances[0].metadata.zone: found a list; expected a "
+                 "metadata value (text or a number)");
+}
+
+/* A mapping's duplicate keys are reported once, also in metadata. */
+static void test_metadata_once(void **state)
+{
+    expect_one(LISTEN "clusters:\n  - name: a\n    instances:\n"
+                      "      - address: \"127.0.0.1:1\"\n"
+                      "        metadata: { v: 1, v: 2 }\n",
+               "t.yaml:6: clusters[0].instances[0].metadata: duplicate key 'v' (first at line 6)",
+               "expected each key once");
+    expect_one(LISTEN "clusters:\n  - name: a\n    instances:\n"
+                      "      - address: \"127.0.0.1:1\"\n"
+                      "        metadata: [v1]\n",
+               "t.yaml:6: clusters[0].instances[0].metadata: found a list; expected a mapping of "
+               "metadata keys to values, like {version: v2}",
+               "");
+}
+
+static void test_route_traffic_errors(void **state)
+{
+    expect_error(META "    split:\n      - { subset: { version: v1 }, weight: 0 }\n"
+                      "      - { subset: { version: v2 }, weight: 0 }\n",
+                 "t.yaml:10: routes[0].split: every weight is 0; expected at least one weight "
+                 "above 0");
+    expect_error(META "    split:\n      - { subset: { version: v1 } }\n",
+                 "t.yaml:11: routes[0].split[0]: no weight; expected weight: 0..10000");
+    expect_error(META "    split:\n      - { weight: 10001 }\n",
+                 "t.yaml:11: routes[0].split[0].weight: found '10001', out of range; expected "
+                 "0..10000");
+    expect_error(META "    split: []\n",
+                 "t.yaml:10: routes[0].split: found a list; expected a list of {subset: {...}, "
+                 "weight: N}");
+    expect_error(META "    subset: { version: v1 }\n    split:\n      - { weight: 1 }\n",
+                 "t.yaml:11: routes[0].split: set together with subset; expected only one of "
+                 "them");
+    expect_error(META "    subset: { version: \"\" }\n",
+                 "t.yaml:10: routes[0].subset.version: empty value; expected a non-empty value");
+    expect_error(META "    subset: {}\n",
+                 "t.yaml:10: routes[0].subset: empty; expected a mapping of metadata keys to "
+                 "values, like {version: v2}");
+    expect_error(META "    subset: { version: v3 }\n",
+                 "t.yaml:10: routes[0].subset: route 'r' selects {version: v3} but no instance "
+                 "of cluster 'users' has that metadata; expected a subset that matches at least "
+                 "one of its instances");
+    expect_error(META "    split:\n      - { subset: { version: v1 }, weight: 1 }\n"
+                      "      - subset: { version: v2, zone: a }\n        weight: 1\n",
+                 "t.yaml:12: routes[0].split[1].subset: route 'r' selects {version: v2, zone: a} "
+                 "but no instance of cluster 'users' has that metadata; expected a subset that "
+                 "matches at least one of its instances");
+    expect_error(META "    mirror: { subset: { zone: c } }\n",
+                 "t.yaml:10: routes[0].mirror.subset: route 'r' selects {zone: c} but no "
+                 "instance of cluster 'users' has that metadata; expected a subset that matches "
+                 "at least one of its instances");
+    expect_error(META "    fault: { delay: 1s, delay_percent: 150 }\n",
+                 "t.yaml:10: routes[0].fault.delay_percent: found '150', out of range; expected "
+                 "0..100");
+    expect_error(META "    fault:\n      abort_status: 503\n      abort_percent: 5%\n",
+                 "t.yaml:12: routes[0].fault.abort_percent: found '5%'; expected a percentage "
+                 "from 0 to 100, like 10 or 0.5");
+    expect_error(META "    fault: { abort_status: 100 }\n",
+                 "t.yaml:10: routes[0].fault.abort_status: found '100', out of range; expected "
+                 "200..599");
+    expect_error(META "    fault:\n      delay_percent: 10\n",
+                 "t.yaml:11: routes[0].fault.delay_percent: set without a delay; expected delay: "
+                 "a duration above 0");
+    expect_error(META "    fault:\n      abort_percent: 10\n",
+                 "t.yaml:11: routes[0].fault.abort_percent: set without abort_status; expected "
+                 "abort_status: 200..599");
+    expect_error(META "    mirror:\n      percent: 100.5\n",
+                 "t.yaml:11: routes[0].mirror.percent: found '100.5', out of range; expected "
+                 "0..100");
+    expect_error(META "    mirror:\n      compare_headers: [\"content type\"]\n",
+                 "t.yaml:11: routes[0].mirror.compare_headers[0]: header name 'content type' is "
+                 "not a token; expected letters, digits and !#$%&'*+-.^_`|~");
+    expect_error(META "    mirror:\n      ignore_fields: [a..b]\n",
+                 "t.yaml:11: routes[0].mirror.ignore_fields[0]: found 'a..b'; expected a JSON "
+                 "field path like timestamp or meta.id");
+    expect_error(META "    retry: { attempts: 3, backoff_base: 1s, backoff_max: 10ms }\n",
+                 "t.yaml:10: routes[0].retry.backoff_base: 1s is longer than backoff_max 10ms; "
+                 "expected at most backoff_max");
+    expect_error(META "    retry_idempotency_key: 1\n",
+                 "t.yaml:10: routes[0].retry_idempotency_key: found '1'; expected true or false");
+    expect_error(META "    max_concurrent: lots\n",
+                 "t.yaml:10: routes[0].max_concurrent: found 'lots'; expected an integer in "
+                 "0..10000000");
+    expect_error(META "    match:\n      cookies: { beta: false }\n",
+                 "t.yaml:11: routes[0].match.cookies.beta: found 'false'; expected a string "
+                 "value, or nothing (or true) for presence only");
+    expect_error(META "    match:\n      cookies: { \"a;b\": x, c: \"1;2\" }\n",
+                 "t.yaml:11: routes[0].match.cookies: cookie name 'a;b' is not a token; expected "
+                 "letters, digits and !#$%&'*+-.^_`|~");
+    expect_error(META "    match:\n      cookies: { c: \"1;2\" }\n",
+                 "t.yaml:11: routes[0].match.cookies.c: value holds CR, LF or ';'; expected a "
+                 "cookie value without them, or nothing for presence only");
+    /* A subset on a cluster found by discovery cannot be checked at load time. */
+    struct polis_config *cfg =
+        expect_ok(LISTEN "registry: { enabled: true }\n"
+                         "clusters:\n  - name: d\n    discovery: { type: registry }\n"
+                         "routes:\n  - cluster: d\n    subset: { version: v9 }\n");
+    assert_string_equal(cfg->routes[0].subset.match[0].value, "v9");
+    polis__config_free(cfg);
+}
+
+/* Several mistakes in new sections at once: each reported once, in line order. */
+static void test_resilience_multiple(void **state)
+{
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    const char *yaml = LISTEN "clusters:\n"                        /* 2 */
+                              "  - name: a\n"                      /* 3 */
+                              "    health_check: { timeot: 1s }\n" /* 4 */
+                              "    retry: { attempts: 99 }\n"      /* 5 */
+                              "    instances: [\"127.0.0.1:1\"]\n" /* 6 */
+                              "routes:\n"                          /* 7 */
+                              "  - cluster: a\n"                   /* 8 */
+                              "    fault: { abort_status: 700 }\n" /* 9 */
+                              "    mirror: [1]\n";                 /* 10 */
+    assert_int_equal(load(yaml, &cfg, &e), POLIS_EINVAL);
+    assert_null(cfg);
+    const char *want[] = {
+        "t.yaml:4: clusters[0].health_check: unknown key 'timeot'; expected one of: enabled, "
+        "path, host, interval, timeout, jitter, healthy_threshold, unhealthy_threshold, "
+        "expected_statuses",
+        "t.yaml:5: clusters[0].retry.attempts: found '99', out of range; expected 1..10",
+        "t.yaml:9: routes[0].fault.abort_status: found '700', out of range; expected 200..599",
+        "t.yaml:10: routes[0].mirror: found a list; expected a mapping of mirror settings",
+    };
+    if (e.count != sizeof(want) / sizeof(want[0]))
+        dump(&e);
+    assert_int_equal(e.count, sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < e.count; i++)
+        assert_string_equal(e.msgs[i], want[i]);
+    polis__config_errors_free(&e);
+}
+
+/* Clusters and routes built in code (quick mode) leave the new fields zeroed: they validate,
+ * with the default retry policy and panic threshold; zeroed fields of enabled sections are
+ * reported. */
+static void test_resilience_in_code(void **state)
+{
+    struct polis_config *cfg = calloc(1, sizeof(*cfg));
+    assert_non_null(cfg);
+    polis__config_defaults(cfg);
+    cfg->source = strdup("command line");
+    assert_int_equal(polis__addr_parse(":8080", &cfg->listen), 0);
+    cfg->num_clusters = 1;
+    cfg->clusters = calloc(1, sizeof(*cfg->clusters));
+    struct polis_cluster_cfg *c = &cfg->clusters[0];
+    c->name = strdup("backend");
+    c->keepalive = 64;
+    c->connect_timeout_ms = 2000;
+    c->timeout_ms = 30000;
+    c->num_instances = 1;
+    c->instances = calloc(1, sizeof(*c->instances));
+    c->instances[0].weight = 1;
+    assert_int_equal(polis__addr_parse("127.0.0.1:9001", &c->instances[0].addr), 0);
+    cfg->num_routes = 1;
+    cfg->routes = calloc(1, sizeof(*cfg->routes));
+    cfg->routes[0].cluster = strdup("backend");
+
+    struct polis_config_errors e = {0};
+    assert_int_equal(polis__config_validate(cfg, &e), 0);
+    assert_int_equal(c->retry.attempts, 3);
+    assert_int_equal(c->retry.on, POLIS_RETRY_CONNECT | POLIS_RETRY_RESET);
+    assert_int_equal(c->retry.backoff_base_ms, 25);
+    assert_int_equal(c->retry.backoff_max_ms, 250);
+    assert_int_equal(c->retry.budget_percent, 20);
+    assert_int_equal(c->retry.budget_min, 3);
+    assert_int_equal(c->panic_threshold, 50);
+    assert_false(c->health_check.enabled);
+    assert_null(cfg->routes[0].retry);
+
+    /* Enabled sections with zeroed numbers, a broken retry, a subset matching nothing. */
+    c->health_check.enabled = true;
+    c->breaker.enabled = true;
+    c->retry.backoff_base_ms = 500;
+    c->retry.on |= POLIS_RETRY_STATUS;
+    c->discovery.kind = POLIS_DISC_DNS;
+    cfg->routes[0].subset.num_match = 1;
+    cfg->routes[0].subset.match = calloc(1, sizeof(*cfg->routes[0].subset.match));
+    cfg->routes[0].subset.match[0].name = strdup("version");
+    cfg->routes[0].subset.match[0].value = strdup("v2");
+    assert_int_equal(polis__config_validate(cfg, &e), POLIS_EINVAL);
+    const char *want[] = {
+        "command line: clusters[0].instances: set with discovery type dns; expected no "
+        "instances (the discovery source finds them)",
+        "command line: clusters[0].discovery: no name; expected name: the DNS name to resolve, "
+        "like orders.svc.local",
+        "command line: clusters[0].discovery: no port; expected port: 1..65535 (A and AAAA "
+        "records carry no port)",
+        "command line: clusters[0].discovery.min_ttl: found 0, out of range; expected 100ms..24h",
+        "command line: clusters[0].discovery.max_ttl: found 0, out of range; expected 1ms..24h",
+        "command line: clusters[0].health_check.interval: found 0, out of range; expected "
+        "1ms..24h",
+        "command line: clusters[0].health_check.timeout: found 0, out of range; expected "
+        "1ms..24h",
+        "command line: clusters[0].health_check.healthy_threshold: found 0, out of range; "
+        "expected 1..1000",
+        "command line: clusters[0].health_check.unhealthy_threshold: found 0, out of range; "
+        "expected 1..1000",
+        "command line: clusters[0].circuit_breaker.window_size: found 0, out of range; expected "
+        "1..100000",
+        "command line: clusters[0].circuit_breaker.minimum_calls: found 0, out of range; "
+        "expected 1..1000000",
+        "command line: clusters[0].circuit_breaker.slow_call_duration: found 0, out of range; "
+        "expected 1ms..24h",
+        "command line: clusters[0].circuit_breaker.open_duration: found 0, out of range; "
+        "expected 1ms..24h",
+        "command line: clusters[0].circuit_breaker.half_open_calls: found 0, out of range; "
+        "expected 1..10000",
+        "command line: clusters[0].circuit_breaker: nothing can open it; expected failure_rate, "
+        "slow_call_rate or consecutive_failures above 0 (or enabled: false)",
+        "command line: clusters[0].retry.on: retries on a status but lists none; expected "
+        "status numbers from 500 to 599",
+        "command line: clusters[0].retry.backoff_base: 500ms is longer than backoff_max 250ms; "
+        "expected at most backoff_max",
+    };
+    if (e.count != sizeof(want) / sizeof(want[0]))
+        dump(&e);
+    assert_int_equal(e.count, sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < e.count; i++)
+        assert_string_equal(e.msgs[i], want[i]);
+    polis__config_errors_free(&e);
+    /* The health check's path and statuses got their defaults. */
+    assert_string_equal(c->health_check.path, "/health");
+    assert_int_equal(c->health_check.num_statuses, 1);
+
+    /* Back to static: now the route's subset must match an instance. */
+    c->discovery.kind = POLIS_DISC_STATIC;
+    c->health_check.enabled = false;
+    c->breaker.enabled = false;
+    c->retry.backoff_base_ms = 25;
+    c->retry.on = POLIS_RETRY_CONNECT;
+    assert_int_equal(polis__config_validate(cfg, &e), POLIS_EINVAL);
+    assert_int_equal(e.count, 1);
+    assert_string_equal(e.msgs[0], "command line: routes[0].subset: route 'route-0' selects "
+                                   "{version: v2} but no instance of cluster 'backend' has that "
+                                   "metadata; expected a subset that matches at least one of "
+                                   "its instances");
+    polis__config_errors_free(&e);
+    c->instances[0].num_meta = 1;
+    c->instances[0].meta = calloc(1, sizeof(*c->instances[0].meta));
+    c->instances[0].meta[0].name = strdup("version");
+    c->instances[0].meta[0].value = strdup("v2");
+    assert_int_equal(polis__config_validate(cfg, &e), 0);
+    polis__config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1133,6 +2004,14 @@ int main(void)
         cmocka_unit_test(test_admin_token),
         cmocka_unit_test(test_validate_in_code),
         cmocka_unit_test(test_large),
+        cmocka_unit_test(test_resilience_full),
+        cmocka_unit_test(test_resilience_defaults),
+        cmocka_unit_test(test_discovery_errors),
+        cmocka_unit_test(test_cluster_resilience_errors),
+        cmocka_unit_test(test_metadata_once),
+        cmocka_unit_test(test_route_traffic_errors),
+        cmocka_unit_test(test_resilience_multiple),
+        cmocka_unit_test(test_resilience_in_code),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

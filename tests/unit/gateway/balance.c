@@ -35,7 +35,7 @@ static void cluster_init(struct cluster *k, enum polis_lb_kind kind, size_t n,
     k->c.lb = kind;
     k->c.instances = k->in;
     k->c.num_instances = n;
-    assert_int_equal(polis__lb_new(&k->c, &k->lb), 0);
+    assert_int_equal(polis__lb_new(&k->c, k->c.instances, k->c.num_instances, &k->lb), 0);
 }
 
 static struct polis_str S(const char *s) {
@@ -275,7 +275,7 @@ static void test_hash_stable(void **state)
     struct polis_lb_state *s2 = polis__lb_state_new(k.lb, 99);
     /* A second balancer built from the same configuration agrees too. */
     struct polis_lb *lb2;
-    assert_int_equal(polis__lb_new(&k.c, &lb2), 0);
+    assert_int_equal(polis__lb_new(&k.c, k.c.instances, k.c.num_instances, &lb2), 0);
     struct polis_lb_state *s3 = polis__lb_state_new(lb2, 5);
     char buf[32];
     for (int i = 0; i < 10000; i++) {
@@ -336,7 +336,7 @@ static void test_hash_removal(void **state)
     four.c = five.c;
     four.c.instances = four.in;
     four.c.num_instances = 4;
-    assert_int_equal(polis__lb_new(&four.c, &four.lb), 0);
+    assert_int_equal(polis__lb_new(&four.c, four.c.instances, four.c.num_instances, &four.lb), 0);
     struct polis_lb_state *s5 = polis__lb_state_new(five.lb, 1);
     struct polis_lb_state *s4 = polis__lb_state_new(four.lb, 1);
     char buf[32];

@@ -1,8 +1,11 @@
 /* Unit tests of the SDK's HTTP server (lib/sdk/server.c) over real loopback sockets. */
 #include <polis/http.h>
+#include <polis/metrics.h>
+#include <polis/trace.h>
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <poll.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -44,6 +47,11 @@ static uint64_t now_ms(void)
     return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* Deferred requests parked by the handler (GET /park?id=N), for the tests to finish. */
+#define MAX_PARKED 600
+static pthread_mutex_t park_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct polis_deferred *parked[MAX_PARKED];
+
 /* The test handler: answers "<method> <path> <query> <body length>:<body>", with routes that
  * exercise the response API. */
 static void handler(const struct polis_request *req, struct polis_response *res, void *ud)
@@ -66,6 +74,34 @@ static void handler(const struct polis_request *req, struct polis_response *res,
             assert_int_equal(polis_response_body(res, piece, k), 0);
             off += k;
         }
+        return;
+    }
+    if (polis_str_eq(req->path, POLIS_STR("/park"))) {
+        /* query "id=N": defer, and leave the handle for the test */
+        long id = strtol(req->query.p + 3, NULL, 10);
+        assert_true(id >= 0 && id < MAX_PARKED);
+        polis_response_status(res, 500); /* dropped: the deferred answer replaces it */
+        struct polis_deferred *d = polis_response_defer(res);
+        assert_non_null(d);
+        assert_null(polis_response_defer(res)); /* once */
+        polis_response_printf(res, "dropped");
+        pthread_mutex_lock(&park_mu);
+        assert_null(parked[id]);
+        parked[id] = d;
+        pthread_mutex_unlock(&park_mu);
+        return;
+    }
+    if (polis_str_eq(req->path, POLIS_STR("/defer-now"))) {
+        /* Deferred and finished before the handler returns. */
+        struct polis_deferred *d = polis_response_defer(res);
+        assert_non_null(d);
+        const char *const hdrs[] = {"Content-Type: text/plain", "X-Bad",
+                                    "X-Split: a\r\nInjected: 1", "X-Ok:   fine", NULL};
+        polis_deferred_finish(d, 202, hdrs, "now", 3);
+        return;
+    }
+    if (polis_str_eq(req->path, POLIS_STR("/defer-bad-status"))) {
+        polis_deferred_finish(polis_response_defer(res), 42, NULL, "x", 1);
         return;
     }
     if (polis_str_eq(req->path, POLIS_STR("/sleep")))
@@ -714,6 +750,371 @@ static void test_start_errors(void **state)
     close(fd);
 }
 
+/* ---- Deferred answers ------------------------------------------------------------------------ */
+
+/* Wait (bounded) until the handler parked request id; take its handle. */
+static struct polis_deferred *take_parked(int id)
+{
+    for (int i = 0; i < 400; i++) {
+        pthread_mutex_lock(&park_mu);
+        struct polis_deferred *d = parked[id];
+        parked[id] = NULL;
+        pthread_mutex_unlock(&park_mu);
+        if (d != NULL)
+            return d;
+        usleep(5000);
+    }
+    fail_msg("request %d was not parked", id);
+    return NULL;
+}
+
+static void finish_text(struct polis_deferred *d, int status, const char *text)
+{
+    const char *const hdrs[] = {"Content-Type: text/plain", NULL};
+    polis_deferred_finish(d, status, hdrs, text, strlen(text));
+}
+
+/* True when no byte arrives on c within ms. */
+static bool client_quiet(struct client *c, int ms)
+{
+    if (c->len > c->off)
+        return false;
+    struct pollfd pfd = {.fd = c->fd, .events = POLLIN};
+    return poll(&pfd, 1, ms) == 0;
+}
+
+struct late_finish {
+    struct polis_deferred *d;
+    int delay_ms;
+    const char *text;
+};
+
+static void *late_finish_main(void *arg)
+{
+    struct late_finish *lf = arg;
+    usleep((useconds_t)lf->delay_ms * 1000);
+    finish_text(lf->d, 200, lf->text);
+    return NULL;
+}
+
+static void test_deferred_from_thread(void **state)
+{
+    struct fixture *f = *state; /* idle 200 ms, header 300 ms: both shorter than the wait */
+    struct client c;
+    client_open(&c, f->port);
+    uint64_t t0 = now_ms();
+    client_send(&c, "GET /park?id=0 HTTP/1.1\r\nHost: a\r\n\r\n");
+    struct late_finish lf = {take_parked(0), 200, "late answer"};
+    pthread_t tid;
+    assert_int_equal(pthread_create(&tid, NULL, late_finish_main, &lf), 0);
+    struct resp r;
+    client_response(&c, &r, false);
+    uint64_t took = now_ms() - t0;
+    assert_int_equal(r.status, 200);
+    assert_string_equal(r.body, "late answer");
+    assert_non_null(strstr(r.head, "\r\nContent-Type: text/plain\r\n"));
+    assert_null(strstr(r.head, "Connection:"));
+    assert_true(took >= 190);
+    assert_true(took < 1500);
+    free(r.body);
+    pthread_join(tid, NULL);
+
+    /* Longer than the idle and header timeouts together: neither fires while deferred. */
+    client_send(&c, "GET /park?id=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    struct late_finish lf2 = {take_parked(1), 700, "very late"};
+    assert_int_equal(pthread_create(&tid, NULL, late_finish_main, &lf2), 0);
+    expect(&c, "GET", 200, "very late");
+    pthread_join(tid, NULL);
+
+    /* The connection goes on: finished inside the handler; malformed headers dropped. */
+    client_send(&c, "GET /defer-now HTTP/1.1\r\nHost: a\r\n\r\n");
+    client_response(&c, &r, false);
+    assert_int_equal(r.status, 202);
+    assert_string_equal(r.body, "now");
+    assert_non_null(strstr(r.head, "\r\nX-Ok: fine\r\n"));
+    assert_null(strstr(r.head, "X-Bad"));
+    assert_null(strstr(r.head, "Injected"));
+    assert_null(strstr(r.head, "X-Split"));
+    free(r.body);
+
+    /* HEAD: the headers of the deferred answer, no body. */
+    client_send(&c, "HEAD /park?id=2 HTTP/1.1\r\nHost: a\r\n\r\n");
+    finish_text(take_parked(2), 200, "twelve bytes");
+    client_response(&c, &r, true);
+    assert_non_null(strstr(r.head, "\r\nContent-Length: 12\r\n"));
+    free(r.body);
+    client_send(&c, "GET /k HTTP/1.1\r\nHost: a\r\n\r\n");
+    expect(&c, "GET", 200, "GET /k  0:");
+
+    /* An invalid status becomes a 500 (and the connection closes). */
+    client_send(&c, "GET /defer-bad-status HTTP/1.1\r\nHost: a\r\n\r\n");
+    client_response(&c, &r, false);
+    assert_int_equal(r.status, 500);
+    free(r.body);
+    assert_true(client_sees_eof(&c, 3000));
+    client_close(&c);
+}
+
+static void test_deferred_client_gone(void **state)
+{
+    struct fixture *f = *state;
+    struct client c;
+
+    /* Closed: the connection is freed; the answer, later, is only freed. */
+    client_open(&c, f->port);
+    client_send(&c, "GET /park?id=0 HTTP/1.1\r\nHost: a\r\n\r\n");
+    struct polis_deferred *d = take_parked(0);
+    client_close(&c);
+    usleep(100000);
+    finish_text(d, 200, "nobody reads this");
+
+    /* Half-closed: taken as gone too, so the server closes its side at once. */
+    client_open(&c, f->port);
+    client_send(&c, "GET /park?id=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    d = take_parked(1);
+    shutdown(c.fd, SHUT_WR);
+    assert_true(client_sees_eof(&c, 2000));
+    client_close(&c);
+    finish_text(d, 200, "nobody reads this either");
+
+    /* The answer arrives while the client is leaving: either way nothing breaks. */
+    client_open(&c, f->port);
+    client_send(&c, "GET /park?id=2 HTTP/1.1\r\nHost: a\r\n\r\n");
+    d = take_parked(2);
+    finish_text(d, 200, "racing");
+    client_close(&c);
+
+    /* The server is fine. */
+    client_open(&c, f->port);
+    client_send(&c, "GET /ok HTTP/1.1\r\nHost: a\r\n\r\n");
+    expect(&c, "GET", 200, "GET /ok  0:");
+    client_close(&c);
+}
+
+struct finisher {
+    int *order;
+    int from, to;
+};
+
+static void *finisher_main(void *arg)
+{
+    struct finisher *fi = arg;
+    for (int i = fi->from; i < fi->to; i++) {
+        char text[32];
+        snprintf(text, sizeof(text), "answer %d", fi->order[i]);
+        finish_text(take_parked(fi->order[i]), 200, text);
+    }
+    return NULL;
+}
+
+static void test_deferred_many(void **state)
+{
+    struct fixture *f = *state;
+    enum { N = 500 };
+    struct client *cl = calloc(N, sizeof(*cl));
+    int *order = calloc(N, sizeof(*order));
+    assert_non_null(cl);
+    assert_non_null(order);
+    for (int i = 0; i < N; i++) {
+        char req[64];
+        client_open(&cl[i], f->port);
+        snprintf(req, sizeof(req), "GET /park?id=%d HTTP/1.1\r\nHost: a\r\n\r\n", i);
+        client_send(&cl[i], req);
+        order[i] = i;
+    }
+    /* Every one is parked before any is answered. */
+    for (int i = 0; i < 400; i++) {
+        int n = 0;
+        pthread_mutex_lock(&park_mu);
+        for (int k = 0; k < N; k++)
+            n += parked[k] != NULL;
+        pthread_mutex_unlock(&park_mu);
+        if (n == N)
+            break;
+        usleep(5000);
+    }
+    srand(42);
+    for (int i = N - 1; i > 0; i--) {
+        int j = rand() % (i + 1), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    /* Finished in random order from two threads at once. */
+    struct finisher fa = {order, 0, N / 2}, fb = {order, N / 2, N};
+    pthread_t ta, tb;
+    assert_int_equal(pthread_create(&ta, NULL, finisher_main, &fa), 0);
+    assert_int_equal(pthread_create(&tb, NULL, finisher_main, &fb), 0);
+    pthread_join(ta, NULL);
+    pthread_join(tb, NULL);
+    for (int k = 0; k < N; k++) {
+        int i = order[(k * 7) % N];
+        char want[32];
+        snprintf(want, sizeof(want), "answer %d", i);
+        expect(&cl[i], "GET", 200, want);
+        client_close(&cl[i]);
+    }
+    free(order);
+    free(cl);
+}
+
+static void test_deferred_pipelined(void **state)
+{
+    struct fixture *f = *state;
+    struct client c;
+    client_open(&c, f->port);
+    client_send(&c, "GET /before HTTP/1.1\r\nHost: a\r\n\r\n"
+                    "GET /park?id=0 HTTP/1.1\r\nHost: a\r\n\r\n"
+                    "POST /after HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+                    "GET /park?id=1 HTTP/1.1\r\nHost: a\r\n\r\n"
+                    "GET /last HTTP/1.1\r\nHost: a\r\n\r\n");
+    expect(&c, "GET", 200, "GET /before  0:");
+    struct polis_deferred *d0 = take_parked(0);
+    /* Nothing behind the deferred request is answered meanwhile (nor parked). */
+    assert_true(client_quiet(&c, 200));
+    pthread_mutex_lock(&park_mu);
+    assert_null(parked[1]);
+    pthread_mutex_unlock(&park_mu);
+    finish_text(d0, 200, "first deferred");
+    expect(&c, "GET", 200, "first deferred");
+    expect(&c, "POST", 200, "POST /after  3:abc");
+    struct polis_deferred *d1 = take_parked(1);
+    assert_true(client_quiet(&c, 100));
+    finish_text(d1, 201, "second deferred");
+    struct resp r;
+    client_response(&c, &r, false);
+    assert_int_equal(r.status, 201);
+    assert_string_equal(r.body, "second deferred");
+    free(r.body);
+    expect(&c, "GET", 200, "GET /last  0:");
+
+    /* Connection: close on the deferred request: answered, then closed; the rest is dropped. */
+    client_send(&c, "GET /park?id=2 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+                    "GET /never HTTP/1.1\r\nHost: a\r\n\r\n");
+    finish_text(take_parked(2), 200, "bye");
+    client_response(&c, &r, false);
+    assert_string_equal(r.body, "bye");
+    assert_non_null(strstr(r.head, "\r\nConnection: close\r\n"));
+    free(r.body);
+    assert_true(client_sees_eof(&c, 3000));
+    client_close(&c);
+}
+
+static void test_deferred_stop(void **state)
+{
+    struct fixture *f = *state;
+    struct client a, b, gone;
+    client_open(&a, f->port);
+    client_open(&b, f->port);
+    client_open(&gone, f->port);
+    client_send(&a, "GET /park?id=0 HTTP/1.1\r\nHost: a\r\n\r\n");
+    client_send(&b, "GET /park?id=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    client_send(&gone, "GET /park?id=2 HTTP/1.1\r\nHost: a\r\n\r\n");
+    struct polis_deferred *d0 = take_parked(0), *d1 = take_parked(1), *d2 = take_parked(2);
+    client_close(&gone);
+    /* One answer races with the stop. */
+    struct late_finish lf = {d1, 0, "raced"};
+    pthread_t tid;
+    assert_int_equal(pthread_create(&tid, NULL, late_finish_main, &lf), 0);
+    uint64_t t0 = now_ms();
+    polis_server_stop(f->srv);
+    f->srv = NULL;
+    assert_true(now_ms() - t0 < 1000); /* no wait for the deferred answers */
+    pthread_join(tid, NULL);
+
+    struct resp r;
+    client_response(&a, &r, false);
+    assert_int_equal(r.status, 503);
+    assert_non_null(strstr(r.body, "\"error\":\"shutting_down\""));
+    assert_non_null(strstr(r.head, "\r\nConnection: close\r\n"));
+    free(r.body);
+    assert_true(client_sees_eof(&a, 2000));
+    client_response(&b, &r, false);
+    assert_true(r.status == 503 || (r.status == 200 && strcmp(r.body, "raced") == 0));
+    free(r.body);
+    client_close(&a);
+    client_close(&b);
+    /* After the server is gone, finishing only frees (ASan checks). */
+    finish_text(d0, 200, "too late");
+    finish_text(d2, 200, "too late");
+}
+
+/* Read the rendered metrics; return the value of the line starting with prefix, or -1. */
+static double metric_value(struct polis_metrics *m, const char *prefix)
+{
+    struct polis_buf out;
+    polis_buf_init(&out, 1 << 20);
+    assert_int_equal(polis_metrics_render(m, &out), 0);
+    assert_int_equal(polis_buf_append(&out, "", 1), 0);
+    double v = -1;
+    const char *p = strstr(polis_buf_head(&out), prefix);
+    if (p != NULL)
+        v = strtod(p + strlen(prefix), NULL);
+    polis_buf_free(&out);
+    return v;
+}
+
+static void test_deferred_metrics_and_trace(void **state)
+{
+    (void)state;
+    /* A tracer whose collector is down: spans are counted as submitted, then dropped. */
+    int lfd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET};
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(bind(lfd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    socklen_t sl = sizeof(sa);
+    getsockname(lfd, (struct sockaddr *)&sa, &sl);
+    close(lfd);
+    char endpoint[64];
+    snprintf(endpoint, sizeof(endpoint), "http://127.0.0.1:%d/v1/traces", ntohs(sa.sin_port));
+    struct polis_tracer_opts topts = {
+        .endpoint = endpoint, .service_name = "test", .sample_ratio = 1.0, .timeout_ms = 200};
+    struct polis_tracer *tracer;
+    assert_int_equal(polis_tracer_start(&topts, &tracer), 0);
+    struct polis_metrics *m = polis_metrics_new();
+    assert_non_null(m);
+    struct polis_server_opts opts = {
+        .listen = "127.0.0.1:0", .threads = 1, .handler = handler, .metrics = m, .tracer = tracer};
+    struct polis_server *srv;
+    assert_int_equal(polis_server_start(&opts, &srv), 0);
+
+    struct client c;
+    client_open(&c, polis_server_port(srv));
+    client_send(&c, "GET /park?id=0 HTTP/1.1\r\nHost: a\r\n\r\n");
+    struct polis_deferred *d = take_parked(0);
+    usleep(250000);
+    struct polis_tracer_stats st0, st1;
+    polis_tracer_stats(tracer, &st0);
+    /* Not counted nor traced while deferred. */
+    assert_true(metric_value(m, "polis_server_requests_total{status_class=\"2xx\"} ") <= 0);
+    finish_text(d, 202, "done");
+    expect(&c, "GET", 202, "done");
+    polis_tracer_stats(tracer, &st1);
+    assert_int_equal(st1.submitted - st0.submitted, 1);
+    assert_true(metric_value(m, "polis_server_requests_total{status_class=\"2xx\"} ") == 1);
+    double sum = metric_value(m, "polis_server_request_duration_seconds_sum ");
+    assert_true(sum >= 0.24 && sum < 5);
+
+    /* A client gone before the answer: counted when the answer comes. */
+    client_send(&c, "GET /park?id=1 HTTP/1.1\r\nHost: a\r\n\r\n");
+    d = take_parked(1);
+    client_close(&c);
+    usleep(50000);
+    polis_tracer_stats(tracer, &st0);
+    finish_text(d, 404, "gone");
+    for (int i = 0; i < 200; i++) {
+        if (metric_value(m, "polis_server_requests_total{status_class=\"4xx\"} ") == 1)
+            break;
+        usleep(5000);
+    }
+    assert_true(metric_value(m, "polis_server_requests_total{status_class=\"4xx\"} ") == 1);
+    polis_tracer_stats(tracer, &st1);
+    assert_int_equal(st1.submitted - st0.submitted, 1);
+
+    polis_server_stop(srv);
+    polis_tracer_stop(tracer);
+    polis_metrics_free(m);
+}
+
 int main(void)
 {
     polis_log_set_level(POLIS_LOG_ERROR);
@@ -736,6 +1137,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_header_timeout, setup_short_timeouts, teardown),
         cmocka_unit_test_setup_teardown(test_stop_with_idle_connection, setup, teardown),
         cmocka_unit_test(test_start_errors),
+        cmocka_unit_test_setup_teardown(test_deferred_from_thread, setup_short_timeouts, teardown),
+        cmocka_unit_test_setup_teardown(test_deferred_client_gone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deferred_many, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deferred_pipelined, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_deferred_stop, setup, teardown),
+        cmocka_unit_test(test_deferred_metrics_and_trace),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
