@@ -41,6 +41,7 @@ enum gw_upstream_error { GW_ERR_CONNECT, GW_ERR_TIMEOUT, GW_ERR_RESET, GW_ERR_IN
 
 struct gw_route_slots {
     uint32_t requests[GW_CLASSES];
+    uint32_t mirror[3]; /* polis_mirror_requests_total: match, mismatch, error */
     uint32_t duration, bytes_in, bytes_out;
 };
 
@@ -66,7 +67,7 @@ struct gw_metrics {
     struct polis_metric *requests, *duration, *bytes_in, *bytes_out;
     struct polis_metric *upstream_duration, *upstream_errors, *upstream_conns, *upstream_reused;
     struct polis_metric *upstream_retries, *upstream_rejected, *ejections, *budget_exhausted;
-    struct polis_metric *disc_propagation;
+    struct polis_metric *disc_propagation, *mirror;
     uint32_t disc_propagation_slot;
     struct polis_metric *conns_active, *conns_total, *upstream_idle;
     uint32_t conns_active_slot, conns_total_slot;
@@ -206,7 +207,8 @@ struct gw_worker {
     struct polis_buf alog; /* access log lines not yet written */
     char *spare;           /* a block for reads by connections that hold none */
     uint64_t req_seq;
-    uint64_t rng; /* fault rolls, splits, backoff jitter */
+    uint64_t rng;              /* fault rolls, splits, backoff jitter */
+    struct gw_mirror *mirrors; /* mirrored requests in flight */
     char id_prefix[17];
     bool draining;
     bool stopped;
@@ -324,6 +326,21 @@ void polis__pools_close_all(struct gw_worker *wk);
 int polis__worker_setup(struct polis_gateway *gw, struct gw_worker *wk, int id,
                         struct gw_snapshot *s);
 void polis__worker_teardown(struct gw_worker *wk);
+
+/* Request mirroring (mirror.c), on the worker's thread. start: copy the upstream head of a
+ * request without a body of route `route` to an instance of the route's mirror group; NULL
+ * when it cannot start. The primary's answer is then given with primary_head (its final head;
+ * chunked_raw: the body bytes will come with their chunked framing) and primary_body, and
+ * primary_end (complete: the whole answer arrived) hands the mirror over: it counts the
+ * comparison when its own answer is in, and frees itself. */
+struct gw_mirror;
+struct gw_mirror *polis__mirror_start(struct gw_worker *wk, struct gw_wsnap *ws, size_t route,
+                                      const char *head, size_t len);
+void polis__mirror_primary_head(struct gw_mirror *m, const struct polis_h1_msg *msg,
+                                bool chunked_raw);
+void polis__mirror_primary_body(struct gw_mirror *m, const char *p, size_t n);
+void polis__mirror_primary_end(struct gw_mirror *m, bool complete);
+void polis__mirror_close_all(struct gw_worker *wk);
 
 /* The admin listener's handler (admin.c); ud is the gateway. */
 void polis__admin_handler(const struct polis_request *req, struct polis_response *res, void *ud);

@@ -118,6 +118,12 @@ int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw)
     gm->budget_exhausted = polis_metrics_family(
         m, POLIS_METRIC_COUNTER, "polis_retry_budget_exhausted_total",
         "Retries not made because the retry budget was spent.", cluster_only, NULL, 0);
+    static const char *const route_result[] = {"route", "result", NULL};
+    gm->mirror = polis_metrics_family(
+        m, POLIS_METRIC_COUNTER, "polis_mirror_requests_total",
+        "Mirrored requests by how the mirror's answer compared with the primary's: match, "
+        "mismatch, error (either side failed or did not finish).",
+        route_result, NULL, 0);
     static const double prop_buckets[] = {0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1};
     gm->disc_propagation = polis_metrics_family(
         m, POLIS_METRIC_HISTOGRAM, "polis_discovery_propagation_seconds",
@@ -136,7 +142,7 @@ int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw)
         gm->upstream_conns == NULL || gm->upstream_reused == NULL || gm->conns_active == NULL ||
         gm->conns_total == NULL || gm->upstream_idle == NULL || gm->upstream_retries == NULL ||
         gm->upstream_rejected == NULL || gm->ejections == NULL || gm->budget_exhausted == NULL ||
-        gm->disc_propagation == NULL || build == NULL)
+        gm->disc_propagation == NULL || gm->mirror == NULL || build == NULL)
         goto fail;
     uint32_t build_slot;
     const char *const version[] = {POLIS_VERSION, NULL};
@@ -196,6 +202,11 @@ int polis__gw_metrics_resolve(struct gw_metrics *gm, struct gw_snapshot *s)
             rc = polis_metric_series(gm->requests, v, &rs->requests[k]);
         }
         const char *const v[] = {route, NULL};
+        static const char *const results[3] = {"match", "mismatch", "error"};
+        for (int k = 0; k < 3 && rc == 0 && r != NULL && r->mirror.enabled; k++) {
+            const char *const mv[] = {route, results[k], NULL};
+            rc = polis_metric_series(gm->mirror, mv, &rs->mirror[k]);
+        }
         if (rc == 0)
             rc = polis_metric_series(gm->duration, v, &rs->duration);
         if (rc == 0)

@@ -54,9 +54,10 @@ struct gw_req {
     uint8_t tries;  /* attempts under the retry policy (the first is 1) */
     uint64_t tried; /* instances tried (bit i % 64): retries go elsewhere */
     bool counted_route, counted_requests, counted_budget, counted_retry, counted_pending;
-    bool retryable; /* idempotent, or Idempotency-Key where the route allows it */
-    bool waiting;   /* a fault delay or a retry backoff runs: no connection yet */
-    bool repick;    /* when the wait ends, pick another instance (a retry) */
+    bool retryable;           /* idempotent, or Idempotency-Key where the route allows it */
+    bool waiting;             /* a fault delay or a retry backoff runs: no connection yet */
+    bool repick;              /* when the wait ends, pick another instance (a retry) */
+    struct gw_mirror *mirror; /* this request's mirror, until the primary answer ends */
     struct gw_uconn *up;
     struct polis_buf hbuf; /* the head sent upstream (kept for a replay on a stale connection) */
     size_t hsent;
@@ -1385,6 +1386,10 @@ static void req_begin(struct gw_dconn *c)
 static void req_release(struct gw_dconn *c)
 {
     struct gw_req *r = &c->r;
+    if (r->mirror != NULL) {
+        polis__mirror_primary_end(r->mirror, r->resp_done && r->upstream_answered);
+        r->mirror = NULL;
+    }
     if (r->up != NULL) {
         u_free(r->up);
         r->up = NULL;
@@ -1514,6 +1519,10 @@ static int req_start(struct gw_dconn *c, const struct polis_h1_msg *m, size_t he
         error_response(c, status, code, msg);
         return DONE;
     }
+    const struct polis_mirror_cfg *mc = &r->route->mirror;
+    if (mc->enabled && r->req_mode == BODY_NONE && !r->upgrade && roll(wk, mc->percent))
+        r->mirror = polis__mirror_start(wk, r->ws, r->route_idx, polis_buf_head(&r->hbuf),
+                                        polis_buf_len(&r->hbuf));
     return AGAIN;
 }
 
@@ -1698,7 +1707,21 @@ static int send_request(struct gw_dconn *c)
 }
 
 /* Classify response bytes in the upstream buffer. Returns 0 or a polis error. */
+static int classify_response_body_inner(struct gw_dconn *c);
+
+/* Classify response body bytes waiting in the upstream buffer (and show them to the mirror). */
 static int classify_response_body(struct gw_dconn *c)
+{
+    struct gw_req *r = &c->r;
+    size_t before = r->resp_ready;
+    int rc = classify_response_body_inner(c);
+    if (rc == 0 && r->mirror != NULL && r->resp_ready > before)
+        polis__mirror_primary_body(r->mirror, polis_buf_head(&r->up->in) + before,
+                                   r->resp_ready - before);
+    return rc;
+}
+
+static int classify_response_body_inner(struct gw_dconn *c)
 {
     struct gw_req *r = &c->r;
     struct gw_uconn *u = r->up;
@@ -1858,6 +1881,8 @@ static int handle_response_head(struct gw_dconn *c, struct polis_h1_msg *m, size
     }
     if (!r->req_done && !r->tunnel)
         c->close_after = true; /* the rest of the request body will not be forwarded */
+    if (r->mirror != NULL)
+        polis__mirror_primary_head(r->mirror, m, r->resp_mode == BODY_CHUNKED && !r->dechunk);
     build_client_head(c, m, false);
     polis_buf_consume(&u->in, head_len);
     r->resp_head_done = true;
@@ -2409,4 +2434,5 @@ void polis__proxy_close_all(struct gw_worker *wk)
 {
     while (wk->conns != NULL)
         d_free(wk->conns);
+    polis__mirror_close_all(wk);
 }

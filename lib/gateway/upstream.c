@@ -370,11 +370,6 @@ static int source_start(struct polis_gateway *gw, struct gw_cstate *cs,
 
 int polis__upstream_apply(struct polis_gateway *gw, const struct polis_config *cfg)
 {
-    for (size_t i = 0; i < cfg->num_routes; i++)
-        if (cfg->routes[i].mirror.enabled)
-            polis_warn("route %s: mirror is accepted but not carried out yet: no request is "
-                       "mirrored",
-                       cfg->routes[i].name);
     /* Sources whose settings are gone or changed stop; new ones start. */
     for (struct gw_cstate *cs = gw->cstates; cs != NULL; cs = cs->next) {
         const struct polis_cluster_cfg *c = NULL;

@@ -428,3 +428,58 @@ def test_admin_drain_and_disable(gateways, make_origin):
     assert len(a.snapshot()) > n
     cfg = json.loads(g.admin_get("/admin/v1/config")[1])
     assert cfg["version"] >= 1 and cfg["clusters"] == ["app"]
+
+
+def test_mirroring_compares_answers_and_never_returns_them(gateways, make_origin):
+    """Requests mirrored to v2: matches, mismatches (a body field, a status, a header) and
+    errors are counted; clients only ever see the primary's answer."""
+    v1, v2 = make_origin("v1"), make_origin("v2")
+    v1.set("fixed", status=200, body='{"a": 1, "ts": 111, "meta": {"id": 1}}',
+           **{"h_Content-Type": "application/json"})
+
+    def make(port, admin_port):
+        cfg = base_config(port, admin_port)
+        cfg["clusters"] = [cluster("shop", [
+            {"address": v1.addr, "metadata": {"version": "v1"}},
+            {"address": v2.addr, "metadata": {"version": "v2"}}])]
+        cfg["routes"] = [{"name": "main", "match": {"prefix": "/"}, "cluster": "shop",
+                          "subset": {"version": "v1"},
+                          "mirror": {"subset": {"version": "v2"}, "percent": 100,
+                                     "compare_headers": ["content-type"],
+                                     "ignore_fields": ["ts", "meta.id"]}}]
+        return cfg
+
+    g = gateways.start(config=make)
+
+    def counts():
+        text = g.admin_get("/metrics")[1].decode()
+        out = {}
+        for res in ("match", "mismatch", "error"):
+            key = f'polis_mirror_requests_total{{route="main",result="{res}"}}'
+            line = [x for x in text.splitlines() if x.startswith(key)]
+            out[res] = float(line[0].split()[-1]) if line else 0.0
+        return out
+
+    s = requests.Session()
+
+    def run(n, body_v2, status=200, ctype="application/json"):
+        v2.set("fixed", status=status, body=body_v2, **{"h_Content-Type": ctype})
+        for _ in range(n):
+            r = s.get(g.url("/m"), timeout=5)
+            assert r.status_code == 200 and r.json()["a"] == 1  # always the primary's
+
+    run(10, '{"a": 1, "ts": 999, "meta": {"id": 7}}')  # differs only in ignored fields
+    time.sleep(0.3)
+    assert counts() == {"match": 10, "mismatch": 0, "error": 0}
+    run(5, '{"a": 2, "ts": 111, "meta": {"id": 1}}')  # a field that counts
+    run(3, '{"a": 1}', status=500)
+    run(2, '{"a": 1, "ts": 1, "meta": {"id": 1}}', ctype="text/plain")
+    time.sleep(0.3)
+    assert counts() == {"match": 10, "mismatch": 10, "error": 0}
+    v2.set("never")  # the mirror hangs: the primary is not delayed, the mirror times out
+    t0 = time.monotonic()
+    assert s.get(g.url("/m"), timeout=5).status_code == 200
+    assert time.monotonic() - t0 < 0.5
+    assert len(v2.snapshot()) + len(v2.partial) >= 20
+    time.sleep(2.3)  # the cluster's 2 s timeout ends the hung mirror: an error
+    assert counts() == {"match": 10, "mismatch": 10, "error": 1}
