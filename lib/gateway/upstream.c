@@ -249,7 +249,20 @@ static void *disc_main(void *arg)
     pthread_mutex_lock(&gw->disc_lock);
     while (!gw->disc_stop) {
         if (!gw->disc_dirty) {
-            pthread_cond_wait(&gw->disc_cond, &gw->disc_lock);
+            struct timespec until;
+            clock_gettime(CLOCK_MONOTONIC, &until);
+            until.tv_sec += 1;
+            if (pthread_cond_timedwait(&gw->disc_cond, &gw->disc_lock, &until) != 0) {
+                /* Once a second: ejections whose time is over give their place in the
+                 * cluster's count back even if no request asks about the instance. */
+                pthread_mutex_unlock(&gw->disc_lock);
+                uint64_t now = polis__now_ms();
+                pthread_mutex_lock(&gw->state_lock);
+                for (struct gw_istate *st = gw->istates; st != NULL; st = st->next)
+                    polis__outlier_ejected(&st->cs->outlier, &st->outlier, now);
+                pthread_mutex_unlock(&gw->state_lock);
+                pthread_mutex_lock(&gw->disc_lock);
+            }
             continue;
         }
         gw->disc_dirty = false;
@@ -405,7 +418,11 @@ int polis__upstream_init(struct polis_gateway *gw)
     pthread_mutex_init(&gw->rebuild_lock, NULL);
     pthread_mutex_init(&gw->state_lock, NULL);
     pthread_mutex_init(&gw->disc_lock, NULL);
-    pthread_cond_init(&gw->disc_cond, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&gw->disc_cond, &ca);
+    pthread_condattr_destroy(&ca);
     if (pthread_create(&gw->disc_thread, NULL, disc_main, gw) != 0)
         return POLIS_ESYS;
     gw->disc_running = true;

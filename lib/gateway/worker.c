@@ -13,6 +13,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/random.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -628,6 +629,14 @@ int polis__gateway_main(struct polis_config *cfg, const char *path)
     sigaddset(&set, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &set, NULL); /* threads started below inherit the mask */
     signal(SIGPIPE, SIG_IGN);
+    /* A gateway holds two descriptors per proxied connection: take all the system allows
+     * (the soft limit is often 1024, far below what limits.max_connections means). */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            polis_warn("cannot raise the open-file limit: %s", strerror(errno));
+    }
 
     struct polis_gateway *gw;
     if (polis__gateway_start(cfg, &gw) < 0)
