@@ -442,14 +442,20 @@ struct polis_str polis__lb_key(const struct polis_cluster_cfg *c, const struct p
                 return m->headers[i].value;
         return none;
     }
-    /* Cookies: the parser's index says where the first Cookie header is (or that none is). */
+    struct polis_str v;
+    return polis__cookie_value(m, c->hash_key, klen, &v) ? v : none;
+}
+
+bool polis__cookie_value(const struct polis_h1_msg *m, const char *name, size_t nlen,
+                         struct polis_str *out)
+{
+    /* The parser's index says where the first Cookie header is (or that none is). */
     int16_t first = m->hdr_index[POLIS_HDR_COOKIE];
     if (first < 0)
-        return none;
-    struct polis_str v;
+        return false;
     for (size_t i = (size_t)first; i < m->num_headers; i++)
         if (caseeq(m->headers[i].name, "cookie", 6) &&
-            cookie_find(m->headers[i].value, c->hash_key, klen, &v))
-            return v;
-    return none;
+            cookie_find(m->headers[i].value, name, nlen, out))
+            return true;
+    return false;
 }

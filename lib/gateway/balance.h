@@ -38,4 +38,9 @@ void polis__lb_done(struct polis_lb_state *st, size_t idx);
 struct polis_str polis__lb_key(const struct polis_cluster_cfg *c, const struct polis_h1_msg *m,
                                struct polis_str client_ip);
 
+/* The value of cookie name (nlen bytes) in the request's Cookie headers: true and *out (a view
+ * into m, quotes removed), or false when absent. */
+bool polis__cookie_value(const struct polis_h1_msg *m, const char *name, size_t nlen,
+                         struct polis_str *out);
+
 #endif

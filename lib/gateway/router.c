@@ -1,5 +1,6 @@
 /* router.c: the route table: routes compiled into host groups and first-segment buckets. */
 #include "gateway/router.h"
+#include "gateway/balance.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +31,7 @@ struct rhdr {
     const char *value; /* NULL: presence only */
     uint32_t name_len;
     uint32_t value_len;
+    bool cookie; /* a cookie of that name, not a header */
 };
 
 struct rroute {
@@ -416,7 +418,7 @@ int polis__router_new(const struct polis_config *cfg, struct polis_router **out)
         if (rc->path_kind == POLIS_PATH_PATTERN)
             nsegs += split_pattern(rc->path ? rc->path : "", cstrlen(rc->path), NULL, NULL);
         nmeths += rc->methods ? rc->num_methods : 0;
-        nhdrs += rc->headers ? rc->num_headers : 0;
+        nhdrs += (rc->headers ? rc->num_headers : 0) + (rc->cookies ? rc->num_cookies : 0);
         hostbytes += cstrlen(rc->host) + 1;
     }
     r->routes = calloc(r->n + 1, sizeof(*r->routes));
@@ -456,7 +458,13 @@ int polis__router_new(const struct polis_config *cfg, struct polis_router **out)
             const struct polis_header_match *hm = &rc->headers[k];
             r->hdrs[hdr++] =
                 (struct rhdr){hm->name ? hm->name : "", hm->value, (uint32_t)cstrlen(hm->name),
-                              (uint32_t)cstrlen(hm->value)};
+                              (uint32_t)cstrlen(hm->value), false};
+        }
+        for (size_t k = 0; rc->cookies && k < rc->num_cookies; k++) {
+            const struct polis_header_match *cm = &rc->cookies[k];
+            r->hdrs[hdr++] =
+                (struct rhdr){cm->name ? cm->name : "", cm->value, (uint32_t)cstrlen(cm->name),
+                              (uint32_t)cstrlen(cm->value), true};
         }
         rt->nhdrs = hdr - rt->hdr;
     }
@@ -526,6 +534,11 @@ static bool pattern_matches(const struct polis_router *r, const struct rroute *r
 
 static bool header_present(const struct polis_h1_msg *m, const struct rhdr *c)
 {
+    if (c->cookie) {
+        struct polis_str v;
+        return polis__cookie_value(m, c->name, c->name_len, &v) &&
+               (!c->value || (v.len == c->value_len && bytes_eq(v.p, c->value, c->value_len)));
+    }
     for (size_t i = 0; i < m->num_headers; i++) {
         const struct polis_h1_header *h = &m->headers[i];
         if (h->name.len == c->name_len && bytes_caseeq(h->name.p, c->name, c->name_len) &&

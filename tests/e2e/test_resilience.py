@@ -507,3 +507,27 @@ def test_strangler_fig_example(gateways, make_origin):
     assert s.get(g.url("/api/inventory/x"), timeout=5).json()["origin"] == "o9201"
     for path in ("/", "/api/customers", "/api/ordersx"):
         assert s.get(g.url(path), timeout=5).json()["origin"] == "o9000"
+
+
+def test_cookie_routing_to_a_subset_is_exact(gateways, make_origin):
+    v1, v2 = make_origin("v1"), make_origin("v2")
+
+    def make(port, admin_port):
+        cfg = base_config(port, admin_port)
+        cfg["clusters"] = [cluster("shop", [
+            {"address": v1.addr, "metadata": {"version": "v1"}},
+            {"address": v2.addr, "metadata": {"version": "v2"}}])]
+        cfg["routes"] = [
+            {"name": "beta", "match": {"prefix": "/", "cookies": {"beta": "yes"}},
+             "cluster": "shop", "subset": {"version": "v2"}},
+            {"name": "main", "match": {"prefix": "/"}, "cluster": "shop",
+             "subset": {"version": "v1"}}]
+        return cfg
+
+    g = gateways.start(config=make)
+    s = requests.Session()
+    for i in range(100):
+        cookie = {"Cookie": f"a=1; beta=yes; z={i}"} if i % 2 else {"Cookie": "beta=no"}
+        r = s.get(g.url("/c"), headers=cookie, timeout=5)
+        assert r.json()["origin"] == ("v2" if i % 2 else "v1")
+    assert len(v1.snapshot()) == 50 and len(v2.snapshot()) == 50
