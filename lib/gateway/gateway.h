@@ -278,6 +278,8 @@ void polis__cfgref_unref(struct gw_cfgref *r);
 int polis__upstream_init(struct polis_gateway *gw);
 void polis__upstream_fini(struct polis_gateway *gw);
 void polis__upstream_free(struct polis_gateway *gw);
+/* The embedded registry was created: let it show the gateway's view of instances' health. */
+void polis__upstream_registry_ready(struct polis_gateway *gw);
 /* The state of cluster name, created on first use (breakers from c). NULL on ENOMEM. Under
  * rebuild_lock. */
 struct gw_cstate *polis__cstate_get(struct polis_gateway *gw, const struct polis_cluster_cfg *c);

@@ -193,6 +193,43 @@ static void hc_update(struct polis_gateway *gw, const struct gw_snapshot *s)
     }
 }
 
+/* The registry's GET shows what the gateway thinks of each registered instance. */
+static const char *registry_health(void *ud, const char *service,
+                                   const struct polis_instance_cfg *in)
+{
+    struct polis_gateway *gw = ud;
+    const char *h = "unknown";
+    uint64_t now = polis__now_ms();
+    pthread_mutex_lock(&gw->state_lock);
+    for (struct gw_istate *st = gw->istates; st != NULL; st = st->next) {
+        struct gw_cstate *cs = st->cs;
+        if (cs->skind != POLIS_DISC_REGISTRY || cs->dkey == NULL ||
+            strcmp(cs->dkey + sizeof("registry"), service) != 0 ||
+            strcmp(st->addr.text, in->addr.text) != 0)
+            continue;
+        int admin = atomic_load(&st->admin);
+        if (admin == GW_INST_DRAINING)
+            h = "draining";
+        else if (admin == GW_INST_DISABLED)
+            h = "disabled";
+        else if (atomic_load(&st->hc_down))
+            h = "unhealthy";
+        else if (polis__outlier_ejected_until(&st->outlier, now) > now)
+            h = "ejected";
+        else
+            h = "healthy";
+        break;
+    }
+    pthread_mutex_unlock(&gw->state_lock);
+    return h;
+}
+
+void polis__upstream_registry_ready(struct polis_gateway *gw)
+{
+    if (gw->registry != NULL)
+        polis__registry_set_health_fn(gw->registry, registry_health, gw);
+}
+
 /* ---- Publishing ------------------------------------------------------------------------------ */
 
 int polis__gateway_publish(struct polis_gateway *gw, struct gw_cfgref *cref)
@@ -336,8 +373,10 @@ static void source_stop(struct polis_gateway *gw, struct gw_cstate *cs)
             break;
         }
     }
+    pthread_mutex_lock(&gw->state_lock); /* registry_health() reads dkey under it */
     free(cs->dkey);
     cs->dkey = NULL;
+    pthread_mutex_unlock(&gw->state_lock);
     pthread_mutex_lock(&gw->disc_lock);
     polis__instances_free(cs->set, cs->set_n);
     cs->set = NULL;
@@ -352,8 +391,10 @@ static int source_start(struct polis_gateway *gw, struct gw_cstate *cs,
     const struct polis_discovery_cfg *d = &c->discovery;
     int rc = POLIS_EINVAL;
     void *src = NULL;
+    pthread_mutex_lock(&gw->state_lock);
     cs->dkey = key;
     cs->skind = (int)d->kind;
+    pthread_mutex_unlock(&gw->state_lock);
     switch (d->kind) {
     case POLIS_DISC_REGISTRY:
         if (gw->registry != NULL)
@@ -371,8 +412,10 @@ static int source_start(struct polis_gateway *gw, struct gw_cstate *cs,
     }
     if (rc < 0) {
         polis_error("cluster %s: cannot start its discovery: %s", c->name, polis_strerror(rc));
-        free(key);
+        pthread_mutex_lock(&gw->state_lock);
         cs->dkey = NULL;
+        pthread_mutex_unlock(&gw->state_lock);
+        free(key);
         return rc;
     }
     pthread_mutex_lock(&gw->disc_lock);

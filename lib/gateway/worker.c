@@ -421,6 +421,7 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
     bool locked = true;
     if (cfg->registry.enabled && polis__registry_new(&cfg->registry, &gw->registry) < 0)
         rc = POLIS_ENOMEM;
+    polis__upstream_registry_ready(gw);
     if (rc == 0)
         rc = polis__upstream_apply(gw, cfg);
     if (rc == 0)
@@ -535,6 +536,7 @@ int polis__gateway_reload(struct polis_gateway *gw, struct polis_config *cfg)
         pthread_mutex_unlock(&gw->rebuild_lock);
         return POLIS_ENOMEM;
     }
+    polis__upstream_registry_ready(gw);
     struct gw_cfgref *cref = polis__cfgref_new(cfg);
     if (cref == NULL) {
         pthread_mutex_unlock(&gw->rebuild_lock);

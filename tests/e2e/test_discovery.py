@@ -81,6 +81,14 @@ def test_registered_instance_takes_traffic_and_leaves_within_1s(gateways, make_o
     until(lambda: origin_of(g, s) == "reg1", 1.0)
     st = json.loads(g.admin_get("/admin/v1/clusters/hello")[1])
     assert st["discovery"] == "registry" and st["instances"][0]["id"] == "i1"
+    # The registry shows the gateway's view of the instance; drained, it says so.
+    base = f"http://127.0.0.1:{g.admin_port}"
+    assert requests.get(base + "/registry/v1/services/hello",
+                        timeout=2).json()["instances"][0]["health"] == "healthy"
+    requests.put(f"{base}/admin/v1/clusters/hello/instances/127.0.0.1:{o.port}/state",
+                 json={"state": "draining"}, timeout=2)
+    assert requests.get(base + "/registry/v1/services/hello",
+                        timeout=2).json()["instances"][0]["health"] == "draining"
 
 
 def test_long_poll_learns_of_a_change_within_100ms(gateways, make_origin):
