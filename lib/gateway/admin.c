@@ -3,6 +3,7 @@
  * upstreams (instances' health, ejections and breakers; drain, disable, weights, splits). */
 #include "gateway/gateway.h"
 #include "gateway/health.h"
+#include "http/blocking.h"
 #include "registry/discovery.h"
 #include "registry/dns.h"
 #include "registry/etcd.h"
@@ -29,6 +30,14 @@ static void reply(struct polis_response *res, int status, json_t *j)
     }
     free(text);
     json_decref(j);
+}
+
+/* 400 naming the body field that is wrong. */
+static void reply_bad_field(struct polis_response *res, const char *field, const char *msg)
+{
+    reply(res, 400,
+          json_pack("{s:s,s:i,s:s,s:s}", "error", "bad_request", "status", 400, "field", field,
+                    "message", msg));
 }
 
 static void reply_error(struct polis_response *res, int status, const char *code, const char *msg)
@@ -147,7 +156,7 @@ static json_t *cluster_json(struct polis_gateway *gw, const struct gw_snapshot *
 {
     const struct polis_cluster_cfg *c = &s->cfg->clusters[ci];
     const struct gw_crt *cr = &s->clusters[ci];
-    uint64_t now = polis__now_ms();
+    uint64_t now = polis__mono_ms();
     static const char *const kinds[] = {"static", "registry", "dns", "etcd"};
     json_t *insts = json_array();
     for (size_t i = 0; i < cr->n; i++) {
@@ -276,9 +285,7 @@ static void instance_action(struct polis_gateway *gw, struct gw_snapshot *s, siz
                 : strcmp(v, "disabled") == 0 ? GW_INST_DISABLED
                                              : -1;
         if (a < 0) {
-            reply(res, 400,
-                  json_pack("{s:s,s:i,s:s,s:s}", "error", "bad_request", "status", 400, "field",
-                            "state", "message", "expected one of: active, draining, disabled"));
+            reply_bad_field(res, "state", "expected one of: active, draining, disabled");
         } else {
             atomic_store(&st->admin, a);
             polis_info("admin: %s of cluster %s is now %s", st->addr.text, st->cs->name,
@@ -288,9 +295,7 @@ static void instance_action(struct polis_gateway *gw, struct gw_snapshot *s, siz
     } else if (seg_is(action, "weight")) {
         json_t *w = json_object_get(j, "weight");
         if (!json_is_integer(w) || json_integer_value(w) < 0 || json_integer_value(w) > 10000) {
-            reply(res, 400,
-                  json_pack("{s:s,s:i,s:s,s:s}", "error", "bad_request", "status", 400, "field",
-                            "weight", "message", "expected an integer from 0 to 10000"));
+            reply_bad_field(res, "weight", "expected an integer from 0 to 10000");
         } else {
             atomic_store(&st->weight, (unsigned)json_integer_value(w));
             pthread_mutex_lock(&gw->rebuild_lock); /* balancers are rebuilt with it */
@@ -377,9 +382,7 @@ static void route_splits_action(struct polis_gateway *gw, const char *route,
         json_decref(j);
         if (bad != NULL || sp == NULL) {
             free_splits(sp, n);
-            reply(res, 400,
-                  json_pack("{s:s,s:i,s:s,s:s}", "error", "bad_request", "status", 400, "field",
-                            "splits", "message", bad != NULL ? bad : "out of memory"));
+            reply_bad_field(res, "splits", bad != NULL ? bad : "out of memory");
             return;
         }
     }

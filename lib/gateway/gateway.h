@@ -296,8 +296,7 @@ int polis__gateway_publish(struct polis_gateway *gw, struct gw_cfgref *cref);
 /* Whether an instance may take a new request now (health, ejection, admin state, breaker). */
 bool polis__istate_available(struct gw_istate *st, const struct polis_cluster_cfg *c,
                              uint64_t now_ms);
-/* Monotonic milliseconds (outlier and breaker clocks). */
-uint64_t polis__now_ms(void);
+
 
 /* Metrics (gwmetrics.c). init declares the families (gw is read by scrape-time gauges). */
 int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw);

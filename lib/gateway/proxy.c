@@ -1029,11 +1029,7 @@ static int req_connect(struct gw_dconn *c, bool fresh);
 
 static uint64_t wk_rand(struct gw_worker *wk)
 {
-    wk->rng += 0x9e3779b97f4a7c15ull; /* splitmix64 */
-    uint64_t z = wk->rng;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    return polis__retry_rng_next(&wk->rng);
 }
 
 /* True with probability percent / 100. */

@@ -4,6 +4,7 @@
  * reports into new snapshots; the active health checks. */
 #include "gateway/gateway.h"
 #include "gateway/health.h"
+#include "http/blocking.h"
 #include "registry/discovery.h"
 #include "registry/dns.h"
 #include "registry/etcd.h"
@@ -13,13 +14,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-uint64_t polis__now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
 
 static uint64_t now_ns(void)
 {
@@ -199,7 +193,7 @@ static const char *registry_health(void *ud, const char *service,
 {
     struct polis_gateway *gw = ud;
     const char *h = "unknown";
-    uint64_t now = polis__now_ms();
+    uint64_t now = polis__mono_ms();
     pthread_mutex_lock(&gw->state_lock);
     for (struct gw_istate *st = gw->istates; st != NULL; st = st->next) {
         struct gw_cstate *cs = st->cs;
@@ -293,7 +287,7 @@ static void *disc_main(void *arg)
                 /* Once a second: ejections whose time is over give their place in the
                  * cluster's count back even if no request asks about the instance. */
                 pthread_mutex_unlock(&gw->disc_lock);
-                uint64_t now = polis__now_ms();
+                uint64_t now = polis__mono_ms();
                 pthread_mutex_lock(&gw->state_lock);
                 for (struct gw_istate *st = gw->istates; st != NULL; st = st->next)
                     polis__outlier_ejected(&st->cs->outlier, &st->outlier, now);
