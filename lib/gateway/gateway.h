@@ -297,7 +297,6 @@ int polis__gateway_publish(struct polis_gateway *gw, struct gw_cfgref *cref);
 bool polis__istate_available(struct gw_istate *st, const struct polis_cluster_cfg *c,
                              uint64_t now_ms);
 
-
 /* Metrics (gwmetrics.c). init declares the families (gw is read by scrape-time gauges). */
 int polis__gw_metrics_init(struct gw_metrics *gm, struct polis_gateway *gw);
 void polis__gw_metrics_free(struct gw_metrics *gm);
