@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <yaml.h>
@@ -36,6 +37,12 @@
 #define MAX_WINDOW_SECONDS 3600      /* a breaker's time window */
 #define MAX_HALF_OPEN 10000          /* a breaker's half-open probes */
 #define MAX_THRESHOLD 1000           /* health check thresholds */
+
+/* Limits of the edge security settings. */
+#define MAX_RATE 1000000000u           /* a rate limit's requests per period and its burst */
+#define MAX_JWT_CACHE 10000000         /* jwt.cache_size */
+#define MAX_LEEWAY (10ull * 60 * 1000) /* a JWT issuer's leeway: 10 min */
+#define MAX_REDIS_TIMEOUT 60000        /* a redis timeout: 1 min */
 
 enum unit { UNIT_NUM, UNIT_MS, UNIT_BYTES };
 
@@ -441,6 +448,11 @@ void polis__config_defaults(struct polis_config *cfg)
     cfg->registry.default_ttl_ms = 30000;
     cfg->registry.max_ttl_ms = 3600000;
     cfg->registry.max_wait_ms = 300000;
+    /* Edge security: off; these are the values a present section starts from. */
+    cfg->tls.min_version = POLIS_TLS_1_2;
+    cfg->tls.session_tickets = true;
+    cfg->tls.session_timeout_ms = 300000;
+    cfg->jwt.cache_size = 10000;
 }
 
 /* The default retry policy: 3 tries on connect failures and resets, 25..250 ms full-jitter
@@ -506,6 +518,7 @@ static void cluster_defaults(struct polis_cluster_cfg *c)
     c->max_connections = 0;
     c->max_pending = 0;
     c->max_requests = 0;
+    c->tls.verify = true;
 }
 
 static void strv_free(char ***v, size_t *n)
@@ -528,6 +541,101 @@ static void kv_free(struct polis_header_kv **v, size_t *n)
     *n = 0;
 }
 
+static void refs_free(struct polis_name_ref **v, size_t *n)
+{
+    for (size_t i = 0; *v && i < *n; i++)
+        free((*v)[i].name);
+    free(*v);
+    *v = NULL;
+    *n = 0;
+}
+
+static void access_free(struct polis_access_cfg *a)
+{
+    free(a->allow);
+    free(a->deny);
+    memset(a, 0, sizeof(*a));
+}
+
+static void upstream_tls_free(struct polis_upstream_tls_cfg *t)
+{
+    free(t->ca);
+    free(t->server_name);
+    free(t->cert);
+    free(t->key);
+    t->ca = t->server_name = t->cert = t->key = NULL;
+}
+
+/* A route's auth, rate limits, CORS and access lists. */
+static void route_security_free(struct polis_route_cfg *r)
+{
+    struct polis_auth_cfg *a = &r->auth;
+    refs_free(&a->jwt_rules.issuers, &a->jwt_rules.num_issuers);
+    kv_free(&a->jwt_rules.required_claims, &a->jwt_rules.num_required_claims);
+    strv_free(&a->jwt_rules.scopes, &a->jwt_rules.num_scopes);
+    kv_free(&a->jwt_rules.forward_claims, &a->jwt_rules.num_forward_claims);
+    refs_free(&a->consumers.allow, &a->consumers.num_allow);
+    strv_free(&a->consumers.allow_groups, &a->consumers.num_allow_groups);
+    refs_free(&a->consumers.deny, &a->consumers.num_deny);
+    strv_free(&a->consumers.deny_groups, &a->consumers.num_deny_groups);
+    free(a->forward_consumer);
+    a->forward_consumer = NULL;
+    refs_free(&r->rate_limits, &r->num_rate_limits);
+    strv_free(&r->cors.origins, &r->cors.num_origins);
+    strv_free(&r->cors.methods, &r->cors.num_methods);
+    strv_free(&r->cors.headers, &r->cors.num_headers);
+    strv_free(&r->cors.expose_headers, &r->cors.num_expose_headers);
+    access_free(&r->access);
+}
+
+/* The top-level security sections: TLS, JWT, API keys, consumers, rate limits, networks. */
+static void security_free(struct polis_config *cfg)
+{
+    struct polis_tls_cfg *t = &cfg->tls;
+    for (size_t i = 0; t->certs && i < t->num_certs; i++) {
+        free(t->certs[i].cert);
+        free(t->certs[i].key);
+    }
+    free(t->certs);
+    t->certs = NULL;
+    strv_free(&t->alpn, &t->num_alpn);
+    free(t->client_ca);
+    free(t->forward_subject);
+    for (size_t i = 0; cfg->jwt.issuers && i < cfg->jwt.num_issuers; i++) {
+        struct polis_jwt_issuer_cfg *is = &cfg->jwt.issuers[i];
+        free(is->name);
+        free(is->issuer);
+        strv_free(&is->audiences, &is->num_audiences);
+        for (size_t k = 0; is->keys && k < is->num_keys; k++) {
+            free(is->keys[k].file);
+            free(is->keys[k].secret_file);
+            free(is->keys[k].kid);
+        }
+        free(is->keys);
+        free(is->jwks_file);
+        free(is->jwks_url);
+        free(is->jwks_ca);
+    }
+    free(cfg->jwt.issuers);
+    free(cfg->api_keys.header);
+    free(cfg->api_keys.query);
+    for (size_t i = 0; cfg->consumers && i < cfg->num_consumers; i++) {
+        free(cfg->consumers[i].name);
+        strv_free(&cfg->consumers[i].groups, &cfg->consumers[i].num_groups);
+        free(cfg->consumers[i].key_sha256);
+    }
+    free(cfg->consumers);
+    for (size_t i = 0; cfg->rate_limits && i < cfg->num_rate_limits; i++) {
+        free(cfg->rate_limits[i].name);
+        free(cfg->rate_limits[i].key_header);
+        free(cfg->rate_limits[i].redis.address);
+        free(cfg->rate_limits[i].redis.password_file);
+    }
+    free(cfg->rate_limits);
+    free(cfg->trusted_proxies);
+    access_free(&cfg->access);
+}
+
 static void cluster_free(struct polis_cluster_cfg *c)
 {
     free(c->name);
@@ -546,6 +654,7 @@ static void cluster_free(struct polis_cluster_cfg *c)
     free(c->health_check.host);
     free(c->health_check.statuses);
     free(c->retry.statuses);
+    upstream_tls_free(&c->tls);
 }
 
 static void header_ops_free(struct polis_header_ops *o)
@@ -606,8 +715,10 @@ void polis__config_free(struct polis_config *cfg)
         if (r->retry)
             free(r->retry->statuses);
         free(r->retry);
+        route_security_free(r);
     }
     free(cfg->routes);
+    security_free(cfg);
     free(cfg);
 }
 
@@ -702,6 +813,103 @@ int polis__addr_parse(const char *s, struct polis_addr *out)
     r = addr_fill(out, res->ai_addr, res->ai_addrlen);
     freeaddrinfo(res);
     return r;
+}
+
+/* ---- Networks (CIDR) --------------------------------------------------------------------- */
+
+enum cidr_result { CIDR_OK = 0, CIDR_SYNTAX, CIDR_PREFIX, CIDR_HOST_BITS };
+
+/* Parse "10.0.0.0/8", "fd00::/8" or a bare address into out. */
+static enum cidr_result cidr_parse(const char *s, struct polis_cidr *out)
+{
+    char host[INET6_ADDRSTRLEN];
+    const char *slash = strchr(s, '/');
+    size_t hlen = slash ? (size_t)(slash - s) : strlen(s);
+    unsigned max;
+
+    memset(out, 0, sizeof(*out));
+    if (hlen == 0 || hlen >= sizeof(host))
+        return CIDR_SYNTAX;
+    memcpy(host, s, hlen);
+    host[hlen] = 0;
+    if (inet_pton(AF_INET, host, out->addr) == 1) {
+        out->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, host, out->addr) == 1) {
+        out->family = AF_INET6;
+        max = 128;
+    } else {
+        return CIDR_SYNTAX;
+    }
+    unsigned long prefix = max;
+    if (slash) {
+        const char *p = slash + 1;
+        size_t n = strlen(p);
+        if (n == 0 || n > 3 || strspn(p, "0123456789") != n)
+            return CIDR_SYNTAX;
+        prefix = strtoul(p, NULL, 10);
+        if (prefix > max)
+            return CIDR_PREFIX;
+    }
+    out->prefix = (uint8_t)prefix;
+    for (unsigned bit = (unsigned)prefix; bit < max; bit++) {
+        if (out->addr[bit / 8] & (0x80u >> (bit % 8)))
+            return CIDR_HOST_BITS;
+    }
+    return CIDR_OK;
+}
+
+/* The network of c with the bits past its prefix cleared, as text ("10.0.0.0/8"). */
+static void cidr_network_text(const struct polis_cidr *c, char *out, size_t cap)
+{
+    uint8_t a[16];
+    char ip[INET6_ADDRSTRLEN];
+    unsigned max = c->family == AF_INET ? 32 : 128;
+
+    memcpy(a, c->addr, sizeof(a));
+    for (unsigned bit = c->prefix; bit < max; bit++)
+        a[bit / 8] &= (uint8_t) ~(0x80u >> (bit % 8));
+    inet_ntop(c->family, a, ip, sizeof(ip));
+    snprintf(out, cap, "%s/%u", ip, (unsigned)c->prefix);
+}
+
+int polis__cidr_parse(const char *s, struct polis_cidr *out)
+{
+    if (!s || !out)
+        return POLIS_EINVAL;
+    return cidr_parse(s, out) == CIDR_OK ? 0 : POLIS_EINVAL;
+}
+
+bool polis__cidr_match(const struct polis_cidr *net, const struct sockaddr *sa)
+{
+    const uint8_t *a;
+    int family;
+
+    if (!net || !sa)
+        return false;
+    if (sa->sa_family == AF_INET) {
+        a = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+        family = AF_INET;
+    } else if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *in6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        a = in6->s6_addr;
+        family = AF_INET6;
+        if (IN6_IS_ADDR_V4MAPPED(in6)) {
+            a += 12;
+            family = AF_INET;
+        }
+    } else {
+        return false;
+    }
+    if (family != net->family || net->prefix > (family == AF_INET ? 32 : 128))
+        return false;
+    unsigned full = net->prefix / 8, rest = net->prefix % 8;
+    if (memcmp(a, net->addr, full) != 0)
+        return false;
+    if (rest == 0)
+        return true;
+    uint8_t mask = (uint8_t)(0xffu << (8 - rest));
+    return (a[full] & mask) == (net->addr[full] & mask);
 }
 
 /* ---- Validation -------------------------------------------------------------------------- */
@@ -1278,6 +1486,980 @@ static void validate_discovery(struct diag *d, struct polis_config *cfg,
     }
 }
 
+/* ---- Validation of the edge security settings -------------------------------------------- */
+
+const char *const polis__jwt_alg_names[POLIS_JWT__COUNT] = {
+    "HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "PS256", "ES256", "ES384", "EdDSA"};
+
+#define HEADER_CHARS "letters, digits and !#$%&'*+-.^_`|~"
+
+/* Report a header name that is not an HTTP token (unless the loader already reported it). */
+static void header_check(struct diag *d, const char *name, const void *addr, int fallback,
+                         const char *path)
+{
+    char q[96];
+    if (reported(d, addr) || cfg_is_token(name))
+        return;
+    diag_quote(name ? name : "", name ? strlen(name) : 0, q, sizeof(q));
+    diag_add(d, line_of(d, addr, fallback), "%s: found %s; expected a header name of %s", path, q,
+             HEADER_CHARS);
+}
+
+/* Report a file the runtime will read that cannot be read now: missing, unreadable, not a
+ * regular file, or empty. Its content is not checked here (the runtime parses it). */
+static void file_check(struct diag *d, const char *file, const void *addr, int fallback,
+                       const char *path, const char *what)
+{
+    char q[256];
+    struct stat st;
+    const char *why = NULL;
+    int err = 0;
+
+    if (!file || reported(d, addr))
+        return;
+    int line = line_of(d, addr, fallback);
+    diag_quote(file, strlen(file), q, sizeof(q));
+    if (!*file) {
+        diag_add(d, line, "%s: empty; expected %s", path, what);
+        return;
+    }
+    /* O_NONBLOCK: a FIFO must not hang the check. */
+    int fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        err = errno;
+    } else {
+        if (fstat(fd, &st) < 0)
+            err = errno;
+        else if (!S_ISREG(st.st_mode))
+            why = S_ISDIR(st.st_mode) ? "is a directory" : "is not a regular file";
+        else if (st.st_size == 0)
+            why = "is empty";
+        close(fd);
+    }
+    if (err)
+        diag_add(d, line, "%s: cannot read %s: %s; expected %s", path, q, strerror(err), what);
+    else if (why)
+        diag_add(d, line, "%s: %s %s; expected %s", path, q, why, what);
+}
+
+/* Text without spaces or control characters, or NULL (absent): a claim name, a scope. */
+static void visible_check(struct diag *d, const char *s, const void *addr, int fallback,
+                          const char *path, const char *what)
+{
+    char q[96];
+    if (reported(d, addr) || is_visible(s))
+        return;
+    diag_quote(s ? s : "", s ? strlen(s) : 0, q, sizeof(q));
+    diag_add(d, line_of(d, addr, fallback), "%s: found %s; expected %s", path, q, what);
+}
+
+/* Report name unless it is a configuration name ([A-Za-z0-9_.-]+). */
+static bool name_check(struct diag *d, const char *name, const void *addr, int fallback,
+                       const char *path, const char *what)
+{
+    char q[96];
+    if (reported(d, addr))
+        return false;
+    if (cfg_is_name(name))
+        return true;
+    if (!name) {
+        diag_add(d, fallback, "%s: no name; expected name: <[A-Za-z0-9_.-]+>", path);
+        return false;
+    }
+    diag_quote(name, strlen(name), q, sizeof(q));
+    diag_add(d, line_of(d, addr, fallback),
+             "%s.name: found %s; expected %s of letters, digits, '_', '.' or '-'", path, q, what);
+    return false;
+}
+
+/* The names of n items (at most 10), comma separated, for "expected one of". */
+static void names_of(const void *items, size_t n, size_t stride, size_t off, char *out, size_t cap)
+{
+    size_t o = 0, shown = 0;
+    out[0] = 0;
+    for (size_t i = 0; items && i < n && o < cap; i++) {
+        const char *name = *(char *const *)((const char *)items + i * stride + off);
+        if (!name)
+            continue;
+        if (shown == 10) {
+            snprintf(out + o, cap - o, ", ...");
+            break;
+        }
+        int r = snprintf(out + o, cap - o, "%s%s", o ? ", " : "", name);
+        if (r < 0)
+            break;
+        o += (size_t)r;
+        shown++;
+    }
+}
+
+/* A network of a list, as validation sees it (configurations built in code). */
+static void cidr_check(struct diag *d, const struct polis_cidr *c, int fallback, const char *path)
+{
+    if (reported(d, c))
+        return;
+    int line = line_of(d, c, fallback);
+    if (c->family != AF_INET && c->family != AF_INET6) {
+        diag_add(d, line, "%s: unknown address family %d; expected AF_INET or AF_INET6", path,
+                 c->family);
+        return;
+    }
+    unsigned max = c->family == AF_INET ? 32 : 128;
+    if (c->prefix > max) {
+        diag_add(d, line, "%s: prefix length %u, out of range; expected 0..%u", path,
+                 (unsigned)c->prefix, max);
+        return;
+    }
+    for (unsigned bit = c->prefix; bit < max; bit++) {
+        if (c->addr[bit / 8] & (0x80u >> (bit % 8))) {
+            char net[64];
+            cidr_network_text(c, net, sizeof(net));
+            diag_add(d, line, "%s: bits set past the prefix length; expected the network %s", path,
+                     net);
+            return;
+        }
+    }
+}
+
+static void validate_access(struct diag *d, const struct polis_access_cfg *a, const char *path,
+                            int fallback)
+{
+    char p2[192];
+    for (size_t i = 0; a->allow && i < a->num_allow; i++) {
+        snprintf(p2, sizeof(p2), "%s.allow[%zu]", path, i);
+        cidr_check(d, &a->allow[i], fallback, p2);
+    }
+    for (size_t i = 0; a->deny && i < a->num_deny; i++) {
+        snprintf(p2, sizeof(p2), "%s.deny[%zu]", path, i);
+        cidr_check(d, &a->deny[i], fallback, p2);
+    }
+}
+
+static void validate_tls(struct diag *d, struct polis_tls_cfg *t)
+{
+    char p2[96];
+    int tl = line_of(d, &t->enabled, 0);
+
+    if (!t->enabled || reported(d, &t->enabled))
+        return;
+    if (!reported(d, &t->certs)) {
+        if (t->num_certs == 0 || !t->certs)
+            diag_add(d, line_of(d, &t->certs, tl),
+                     "tls: no certificates; expected certificates: a list of {cert, key} (PEM "
+                     "files)");
+        for (size_t i = 0; t->certs && i < t->num_certs; i++) {
+            struct polis_tls_cert_cfg *c = &t->certs[i];
+            int cl = c->line ? c->line : tl;
+            snprintf(p2, sizeof(p2), "tls.certificates[%zu]", i);
+            if (!c->cert && !reported(d, &c->cert))
+                diag_add(d, cl, "%s: no cert; expected cert: a PEM file of the certificate chain",
+                         p2);
+            if (!c->key && !reported(d, &c->key))
+                diag_add(d, cl, "%s: no key; expected key: a PEM file of the private key", p2);
+            snprintf(p2, sizeof(p2), "tls.certificates[%zu].cert", i);
+            file_check(d, c->cert, &c->cert, cl, p2, "a readable PEM certificate chain");
+            snprintf(p2, sizeof(p2), "tls.certificates[%zu].key", i);
+            file_check(d, c->key, &c->key, cl, p2, "a readable PEM private key");
+        }
+    }
+    if ((unsigned)t->min_version > POLIS_TLS_1_3)
+        diag_add(d, line_of(d, &t->min_version, tl),
+                 "tls.min_version: unknown version %d; expected \"1.2\" or \"1.3\"",
+                 (int)t->min_version);
+    if (!reported(d, &t->alpn)) {
+        if (t->num_alpn == 0 || !t->alpn) {
+            free(t->alpn);
+            t->alpn = calloc(1, sizeof(*t->alpn));
+            t->num_alpn = 0;
+            if (t->alpn && (t->alpn[0] = strdup("http/1.1")) != NULL)
+                t->num_alpn = 1;
+            else
+                d->oom = true;
+        }
+        for (size_t i = 0; i < t->num_alpn; i++) {
+            char q[96];
+            const char *a = t->alpn[i];
+            if (reported(d, &t->alpn[i]) || (a && strcmp(a, "http/1.1") == 0))
+                continue;
+            diag_quote(a ? a : "", a ? strlen(a) : 0, q, sizeof(q));
+            diag_add(d, line_of(d, &t->alpn[i], line_of(d, &t->alpn, tl)),
+                     "tls.alpn[%zu]: found %s; expected http/1.1 (the only protocol served for "
+                     "now)",
+                     i, q);
+        }
+    }
+    RANGE(d, &t->session_timeout_ms, tl, "tls.session_timeout", t->session_timeout_ms, 1000, MAX_MS,
+          UNIT_MS);
+    if ((unsigned)t->client_auth > POLIS_CLIENT_AUTH_REQUIRED) {
+        diag_add(d, line_of(d, &t->client_auth, tl),
+                 "tls.client_auth: unknown mode %d; expected off, optional or required",
+                 (int)t->client_auth);
+    } else if (!reported(d, &t->client_auth) && !reported(d, &t->client_ca)) {
+        if (t->client_auth != POLIS_CLIENT_AUTH_OFF && !t->client_ca)
+            diag_add(d, line_of(d, &t->client_auth, tl),
+                     "tls.client_auth: %s without client_ca; expected client_ca: a PEM file of the "
+                     "CAs that sign client certificates",
+                     t->client_auth == POLIS_CLIENT_AUTH_REQUIRED ? "required" : "optional");
+        else if (t->client_auth == POLIS_CLIENT_AUTH_OFF && t->client_ca)
+            diag_add(d, line_of(d, &t->client_ca, tl),
+                     "tls.client_ca: set with client_auth off; expected client_auth: optional or "
+                     "required");
+    }
+    file_check(d, t->client_ca, &t->client_ca, tl, "tls.client_ca", "a readable PEM file of CAs");
+    if (!t->forward_subject && !reported(d, &t->forward_subject)) {
+        t->forward_subject = strdup("X-Client-Subject");
+        if (!t->forward_subject)
+            d->oom = true;
+    }
+    header_check(d, t->forward_subject, &t->forward_subject, tl, "tls.forward_subject");
+}
+
+/* A cluster's TLS to its instances. */
+static void validate_upstream_tls(struct diag *d, const struct polis_upstream_tls_cfg *t,
+                                  const char *path, int fallback)
+{
+    char p2[192], q[96];
+    int tl = line_of(d, &t->enabled, fallback);
+
+    if (!t->enabled || reported(d, &t->enabled))
+        return;
+    if (t->server_name && !reported(d, &t->server_name) &&
+        (t->server_name[0] == '*' || !is_host(t->server_name))) {
+        diag_quote(t->server_name, strlen(t->server_name), q, sizeof(q));
+        diag_add(d, line_of(d, &t->server_name, tl),
+                 "%s.server_name: found %s; expected a host name like orders.internal", path, q);
+    }
+    if (!reported(d, &t->cert) && !reported(d, &t->key) && !t->cert != !t->key)
+        diag_add(d, line_of(d, t->cert ? (const void *)&t->cert : &t->key, tl),
+                 "%s: %s without %s; expected both cert and key (a client certificate and its "
+                 "private key) or neither",
+                 path, t->cert ? "cert" : "key", t->cert ? "key" : "cert");
+    snprintf(p2, sizeof(p2), "%s.ca", path);
+    file_check(d, t->ca, &t->ca, tl, p2, "a readable PEM file of CAs");
+    snprintf(p2, sizeof(p2), "%s.cert", path);
+    file_check(d, t->cert, &t->cert, tl, p2, "a readable PEM certificate chain");
+    snprintf(p2, sizeof(p2), "%s.key", path);
+    file_check(d, t->key, &t->key, tl, p2, "a readable PEM private key");
+}
+
+/* "HS256, RS256" for the algorithms set in bits. */
+static void alg_list(uint32_t bits, char *out, size_t cap)
+{
+    size_t o = 0;
+    out[0] = 0;
+    for (int a = 0; a < POLIS_JWT__COUNT && o < cap; a++) {
+        if (!(bits & (1u << a)))
+            continue;
+        int r = snprintf(out + o, cap - o, "%s%s", o ? ", " : "", polis__jwt_alg_names[a]);
+        if (r < 0)
+            break;
+        o += (size_t)r;
+    }
+}
+
+static void validate_jwt_key(struct diag *d, const struct polis_jwt_issuer_cfg *is, size_t ki,
+                             const char *path, int il)
+{
+    const struct polis_jwt_key_cfg *k = &is->keys[ki];
+    char p2[192], q[96], list[160];
+    int kl = k->line ? k->line : il;
+
+    snprintf(p2, sizeof(p2), "%s.keys[%zu]", path, ki);
+    if (reported(d, &k->line))
+        return;
+    if (!k->file && !k->secret_file && !reported(d, &k->file) && !reported(d, &k->secret_file)) {
+        diag_add(d, kl,
+                 "%s: no key file; expected file (a PEM public key) or secret_file (an HMAC "
+                 "secret)",
+                 p2);
+    } else if (k->file && k->secret_file) {
+        diag_add(d, kl, "%s: both file and secret_file; expected only one of them", p2);
+    }
+    bool alg_ok = !reported(d, &k->alg);
+    if (alg_ok && (unsigned)k->alg >= POLIS_JWT__COUNT) {
+        diag_add(d, line_of(d, &k->alg, kl), "%s.algorithm: unknown algorithm %d", p2, (int)k->alg);
+        alg_ok = false;
+    }
+    if (alg_ok) {
+        bool hmac = (1u << k->alg) & POLIS_JWT_HMAC_BITS;
+        const char *name = polis__jwt_alg_names[k->alg];
+        if (hmac && k->file && !k->secret_file && !reported(d, &k->file))
+            diag_add(d, line_of(d, &k->file, kl),
+                     "%s.file: a public key file with algorithm %s; expected secret_file for "
+                     "HMAC (a public key is never used as an HMAC secret)",
+                     p2, name);
+        if (!hmac && k->secret_file && !k->file && !reported(d, &k->secret_file))
+            diag_add(d, line_of(d, &k->secret_file, kl),
+                     "%s.secret_file: an HMAC secret with algorithm %s; expected algorithm "
+                     "HS256, HS384 or HS512 (or file: a public key)",
+                     p2, name);
+        if (!reported(d, &is->algorithms) && is->algorithms && !(is->algorithms & (1u << k->alg))) {
+            alg_list(is->algorithms, list, sizeof(list));
+            diag_add(d, line_of(d, &k->alg, kl),
+                     "%s.algorithm: %s is not among the issuer's algorithms; expected one of: %s",
+                     p2, name, list);
+        }
+    }
+    if (k->kid) {
+        snprintf(p2, sizeof(p2), "%s.keys[%zu].kid", path, ki);
+        visible_check(d, k->kid, &k->kid, kl, p2, "a key id without spaces or control characters");
+        for (size_t j = 0; j < ki && !reported(d, &k->kid); j++) {
+            if (is->keys[j].kid && strcmp(is->keys[j].kid, k->kid) == 0) {
+                diag_quote(k->kid, strlen(k->kid), q, sizeof(q));
+                diag_add(d, line_of(d, &k->kid, kl),
+                         "%s: duplicate kid %s (first at line %d); expected a unique kid", p2, q,
+                         is->keys[j].line);
+                break;
+            }
+        }
+    }
+    snprintf(p2, sizeof(p2), "%s.keys[%zu].file", path, ki);
+    file_check(d, k->file, &k->file, kl, p2, "a readable PEM public key");
+    snprintf(p2, sizeof(p2), "%s.keys[%zu].secret_file", path, ki);
+    file_check(d, k->secret_file, &k->secret_file, kl, p2, "a readable file holding the secret");
+}
+
+static void validate_issuer(struct diag *d, struct polis_config *cfg, size_t ii)
+{
+    struct polis_jwt_issuer_cfg *is = &cfg->jwt.issuers[ii];
+    char path[48], p2[192], q[96];
+    int il = is->line;
+
+    snprintf(path, sizeof(path), "jwt.issuers[%zu]", ii);
+    if (name_check(d, is->name, &is->name, il, path, "an issuer name")) {
+        for (size_t j = 0; j < ii; j++) {
+            if (cfg->jwt.issuers[j].name && strcmp(cfg->jwt.issuers[j].name, is->name) == 0) {
+                diag_add(d, line_of(d, &is->name, il),
+                         "%s.name: duplicate issuer name '%s' (first at line %d); expected a "
+                         "unique name",
+                         path, is->name, cfg->jwt.issuers[j].line);
+                break;
+            }
+        }
+    }
+    if (!reported(d, &is->issuer)) {
+        if (!is->issuer) {
+            diag_add(d, il,
+                     "%s: no issuer; expected issuer: the iss claim of its tokens, like "
+                     "https://issuer.example",
+                     path);
+        } else {
+            snprintf(p2, sizeof(p2), "%s.issuer", path);
+            visible_check(d, is->issuer, &is->issuer, il, p2,
+                          "an iss value without spaces, like https://issuer.example");
+        }
+    }
+    for (size_t i = 0; is->audiences && i < is->num_audiences; i++) {
+        snprintf(p2, sizeof(p2), "%s.audiences[%zu]", path, i);
+        visible_check(d, is->audiences[i], &is->audiences[i], line_of(d, &is->audiences, il), p2,
+                      "an audience without spaces, like api");
+    }
+    if (!reported(d, &is->algorithms)) {
+        if (is->algorithms == 0)
+            diag_add(d, il, "%s: no algorithms; expected algorithms: a list like [RS256, ES256]",
+                     path);
+        else if (is->algorithms >> POLIS_JWT__COUNT)
+            diag_add(d, line_of(d, &is->algorithms, il),
+                     "%s.algorithms: unknown algorithm bits 0x%x; expected (1u << POLIS_JWT_*) "
+                     "bits",
+                     path, (unsigned)(is->algorithms >> POLIS_JWT__COUNT << POLIS_JWT__COUNT));
+    }
+    if (is->num_keys == 0 && !is->jwks_file && !is->jwks_url && !reported(d, &is->keys) &&
+        !reported(d, &is->jwks_file) && !reported(d, &is->jwks_url))
+        diag_add(d, il, "%s: no keys; expected keys, jwks_file or jwks_url", path);
+    for (size_t k = 0; is->keys && k < is->num_keys; k++)
+        validate_jwt_key(d, is, k, path, line_of(d, &is->keys, il));
+    snprintf(p2, sizeof(p2), "%s.jwks_file", path);
+    file_check(d, is->jwks_file, &is->jwks_file, il, p2, "a readable JWK Set (JSON) file");
+    if (is->jwks_url && !reported(d, &is->jwks_url) &&
+        (strncmp(is->jwks_url, "https://", 8) != 0 || is->jwks_url[8] == 0 ||
+         is->jwks_url[8] == '/' || !is_visible(is->jwks_url))) {
+        diag_quote(is->jwks_url, strlen(is->jwks_url), q, sizeof(q));
+        diag_add(d, line_of(d, &is->jwks_url, il),
+                 "%s.jwks_url: found %s; expected an https:// URL like "
+                 "https://idp.example/.well-known/jwks.json",
+                 path, q);
+    }
+    if (is->jwks_ca && !is->jwks_url && !reported(d, &is->jwks_ca) && !reported(d, &is->jwks_url))
+        diag_add(d, line_of(d, &is->jwks_ca, il),
+                 "%s.jwks_ca: set without jwks_url; expected jwks_url with it", path);
+    snprintf(p2, sizeof(p2), "%s.jwks_ca", path);
+    file_check(d, is->jwks_ca, &is->jwks_ca, il, p2, "a readable PEM file of CAs");
+    snprintf(p2, sizeof(p2), "%s.jwks_refresh", path);
+    RANGE(d, &is->jwks_refresh_ms, il, p2, is->jwks_refresh_ms, 1000, MAX_MS, UNIT_MS);
+    snprintf(p2, sizeof(p2), "%s.jwks_min_refresh", path);
+    RANGE(d, &is->jwks_min_refresh_ms, il, p2, is->jwks_min_refresh_ms, 1000, MAX_MS, UNIT_MS);
+    ms_order(d, &is->jwks_min_refresh_ms, &is->jwks_refresh_ms, il, path, "jwks_min_refresh",
+             "jwks_refresh");
+    snprintf(p2, sizeof(p2), "%s.leeway", path);
+    RANGE(d, &is->leeway_ms, il, p2, is->leeway_ms, 0, MAX_LEEWAY, UNIT_MS);
+}
+
+static void validate_consumers(struct diag *d, struct polis_config *cfg)
+{
+    char path[48], p2[160];
+
+    if (cfg->num_consumers && !cfg->consumers) {
+        diag_add(d, 0, "consumers: count without a list; expected a list");
+        return;
+    }
+    for (size_t ci = 0; ci < cfg->num_consumers; ci++) {
+        struct polis_consumer_cfg *c = &cfg->consumers[ci];
+        snprintf(path, sizeof(path), "consumers[%zu]", ci);
+        if (name_check(d, c->name, &c->name, c->line, path, "a consumer name")) {
+            for (size_t j = 0; j < ci; j++) {
+                if (cfg->consumers[j].name && strcmp(cfg->consumers[j].name, c->name) == 0) {
+                    diag_add(d, line_of(d, &c->name, c->line),
+                             "%s.name: duplicate consumer name '%s' (first at line %d); "
+                             "expected a unique name",
+                             path, c->name, cfg->consumers[j].line);
+                    break;
+                }
+            }
+        }
+        for (size_t g = 0; c->groups && g < c->num_groups; g++) {
+            char q[96];
+            if (reported(d, &c->groups[g]) || cfg_is_name(c->groups[g]))
+                continue;
+            diag_quote(c->groups[g] ? c->groups[g] : "", c->groups[g] ? strlen(c->groups[g]) : 0, q,
+                       sizeof(q));
+            diag_add(d, line_of(d, &c->groups[g], line_of(d, &c->groups, c->line)),
+                     "%s.groups[%zu]: found %s; expected a group name of letters, digits, '_', "
+                     "'.' or '-'",
+                     path, g, q);
+        }
+        /* One key, one consumer: the same digest twice would make the identity ambiguous. */
+        for (size_t k = 0; c->key_sha256 && k < c->num_keys; k++) {
+            if (reported(d, &c->key_sha256[k]))
+                continue;
+            bool dup = false;
+            for (size_t cj = 0; cj <= ci && !dup; cj++) {
+                const struct polis_consumer_cfg *o = &cfg->consumers[cj];
+                size_t lim = cj == ci ? k : o->num_keys;
+                for (size_t kj = 0; o->key_sha256 && kj < lim && !dup; kj++) {
+                    if (reported(d, &o->key_sha256[kj]) ||
+                        memcmp(o->key_sha256[kj], c->key_sha256[k], 32) != 0)
+                        continue;
+                    dup = true;
+                    snprintf(p2, sizeof(p2), "%s.keys[%zu]", path, k);
+                    diag_add(d, line_of(d, &c->key_sha256[k], c->line),
+                             "%s: the same key as consumers[%zu] '%s' (line %d); expected a "
+                             "key of its own",
+                             p2, cj, o->name ? o->name : "?",
+                             line_of(d, &o->key_sha256[kj], o->line));
+                }
+            }
+        }
+    }
+}
+
+/* host:port with a host name, an IPv4 address or a bracketed IPv6 address, and a port 1..65535
+ * (not resolved: the runtime connects to it). */
+static bool host_port_ok(const char *s)
+{
+    char host[256];
+    const char *port;
+    unsigned char buf[sizeof(struct in6_addr)];
+
+    if (!s)
+        return false;
+    if (s[0] == '[') {
+        const char *end = strchr(s, ']');
+        if (!end || end[1] != ':' || (size_t)(end - s - 1) >= sizeof(host))
+            return false;
+        memcpy(host, s + 1, (size_t)(end - s - 1));
+        host[end - s - 1] = 0;
+        if (inet_pton(AF_INET6, host, buf) != 1)
+            return false;
+        port = end + 2;
+    } else {
+        const char *colon = strrchr(s, ':');
+        if (!colon || (size_t)(colon - s) >= sizeof(host))
+            return false;
+        memcpy(host, s, (size_t)(colon - s));
+        host[colon - s] = 0;
+        if (host[0] == '*' || !is_host(host))
+            return false;
+        port = colon + 1;
+    }
+    size_t n = strlen(port);
+    if (n == 0 || n > 5 || strspn(port, "0123456789") != n)
+        return false;
+    unsigned long p = strtoul(port, NULL, 10);
+    return p >= 1 && p <= 65535;
+}
+
+static const char *const rl_key_names[] = {"client_ip", "consumer", "route", "header"};
+
+static void validate_rate_limits(struct diag *d, struct polis_config *cfg)
+{
+    char path[48], p2[160], q[96];
+
+    if (cfg->num_rate_limits && !cfg->rate_limits) {
+        diag_add(d, 0, "rate_limits: count without a list; expected a list");
+        return;
+    }
+    for (size_t li = 0; li < cfg->num_rate_limits; li++) {
+        struct polis_rate_limit_cfg *rl = &cfg->rate_limits[li];
+        int ll = rl->line;
+        snprintf(path, sizeof(path), "rate_limits[%zu]", li);
+        if (name_check(d, rl->name, &rl->name, ll, path, "a rate limit name")) {
+            for (size_t j = 0; j < li; j++) {
+                if (cfg->rate_limits[j].name && strcmp(cfg->rate_limits[j].name, rl->name) == 0) {
+                    diag_add(d, line_of(d, &rl->name, ll),
+                             "%s.name: duplicate rate limit name '%s' (first at line %d); "
+                             "expected a unique name",
+                             path, rl->name, cfg->rate_limits[j].line);
+                    break;
+                }
+            }
+        }
+        if (!reported(d, &rl->count)) {
+            int rtl = line_of(d, &rl->count, ll);
+            if (rl->count == 0)
+                diag_add(d, rtl, "%s: no rate; expected rate: requests per period like 100/s",
+                         path);
+            else if (rl->count > MAX_RATE)
+                diag_add(d, rtl, "%s.rate: %llu requests, out of range; expected 1..%u", path,
+                         (unsigned long long)rl->count, MAX_RATE);
+            if (rl->period_ms != 1000 && rl->period_ms != 60000 && rl->period_ms != 3600000)
+                diag_add(d, rtl, "%s.rate: period of %llums; expected 1s, 1m or 1h", path,
+                         (unsigned long long)rl->period_ms);
+        }
+        /* No burst: the rate's count, unknown while the rate is missing or malformed. */
+        bool burst_known = true;
+        if (rl->burst == 0 && !reported(d, &rl->burst)) {
+            burst_known = rl->count > 0 && !reported(d, &rl->count);
+            rl->burst = burst_known ? rl->count : 0;
+        }
+        snprintf(p2, sizeof(p2), "%s.burst", path);
+        if (burst_known)
+            RANGE(d, &rl->burst, ll, p2, rl->burst, 1, MAX_RATE, UNIT_NUM);
+        if (!reported(d, &rl->key)) {
+            int kl = line_of(d, &rl->key, ll);
+            if ((unsigned)rl->key > POLIS_RL_KEY_HEADER)
+                diag_add(d, kl,
+                         "%s.key: unknown kind %d; expected consumer, client_ip, route or "
+                         "header:<name>",
+                         path, (int)rl->key);
+            else if (rl->key == POLIS_RL_KEY_HEADER && !cfg_is_token(rl->key_header)) {
+                diag_quote(rl->key_header ? rl->key_header : "",
+                           rl->key_header ? strlen(rl->key_header) : 0, q, sizeof(q));
+                diag_add(d, kl,
+                         "%s.key: header name %s is not a token; expected header:<name> with a "
+                         "name of %s",
+                         path, q, HEADER_CHARS);
+            } else if (rl->key != POLIS_RL_KEY_HEADER && rl->key_header) {
+                diag_add(d, kl, "%s.key: a header name with key %s; expected none", path,
+                         rl_key_names[rl->key]);
+            }
+        }
+        struct polis_redis_cfg *rd = &rl->redis;
+        int rdl = rd->line ? rd->line : ll;
+        if ((unsigned)rl->backend > POLIS_RL_REDIS) {
+            diag_add(d, line_of(d, &rl->backend, ll),
+                     "%s.backend: unknown kind %d; expected local or redis", path,
+                     (int)rl->backend);
+            continue;
+        }
+        if (reported(d, &rl->backend) || reported(d, &rd->line))
+            continue;
+        if (rl->backend == POLIS_RL_LOCAL) {
+            if (rd->address || rd->password_file)
+                diag_add(d, rdl, "%s.redis: set with backend local; expected backend: redis", path);
+            continue;
+        }
+        if (!rd->address && !reported(d, &rd->address)) {
+            diag_add(d, rdl,
+                     "%s: backend redis without a redis address; expected redis: {address: "
+                     "host:port}",
+                     path);
+        } else if (rd->address && !reported(d, &rd->address) && !host_port_ok(rd->address)) {
+            diag_quote(rd->address, strlen(rd->address), q, sizeof(q));
+            diag_add(d, line_of(d, &rd->address, rdl),
+                     "%s.redis.address: found %s; expected host:port like 127.0.0.1:6379 or "
+                     "redis.internal:6379",
+                     path, q);
+        }
+        snprintf(p2, sizeof(p2), "%s.redis.timeout", path);
+        RANGE(d, &rd->timeout_ms, rdl, p2, rd->timeout_ms, 1, MAX_REDIS_TIMEOUT, UNIT_MS);
+        if ((unsigned)rd->on_failure > POLIS_REDIS_FAIL_CLOSED)
+            diag_add(d, line_of(d, &rd->on_failure, rdl),
+                     "%s.redis.on_failure: unknown mode %d; expected local, open or closed", path,
+                     (int)rd->on_failure);
+        snprintf(p2, sizeof(p2), "%s.redis.db", path);
+        RANGE(d, &rd->db, rdl, p2, rd->db, 0, MAX_COUNT, UNIT_NUM);
+        snprintf(p2, sizeof(p2), "%s.redis.password_file", path);
+        file_check(d, rd->password_file, &rd->password_file, rdl, p2,
+                   "a readable file holding the password");
+    }
+}
+
+/* The top-level security sections. */
+static void validate_security(struct diag *d, struct polis_config *cfg)
+{
+    char p2[96], q[96];
+
+    validate_tls(d, &cfg->tls);
+    RANGE(d, &cfg->jwt.cache_size, 0, "jwt.cache_size", cfg->jwt.cache_size, 0, MAX_JWT_CACHE,
+          UNIT_NUM);
+    if (cfg->jwt.num_issuers && !cfg->jwt.issuers)
+        diag_add(d, 0, "jwt.issuers: count without a list; expected a list");
+    else
+        for (size_t i = 0; i < cfg->jwt.num_issuers; i++)
+            validate_issuer(d, cfg, i);
+    struct polis_api_keys_cfg *k = &cfg->api_keys;
+    if (!k->header && !reported(d, &k->header)) {
+        k->header = strdup("X-API-Key");
+        if (!k->header)
+            d->oom = true;
+    }
+    header_check(d, k->header, &k->header, 0, "api_keys.header");
+    if (k->query && !reported(d, &k->query) &&
+        (!*k->query ||
+         strspn(k->query, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~") !=
+             strlen(k->query))) {
+        diag_quote(k->query, strlen(k->query), q, sizeof(q));
+        diag_add(d, line_of(d, &k->query, 0),
+                 "api_keys.query: found %s; expected a query parameter name of letters, digits, "
+                 "'-', '.', '_' or '~'",
+                 q);
+    }
+    validate_consumers(d, cfg);
+    validate_rate_limits(d, cfg);
+    for (size_t i = 0; cfg->trusted_proxies && i < cfg->num_trusted_proxies; i++) {
+        snprintf(p2, sizeof(p2), "trusted_proxies[%zu]", i);
+        cidr_check(d, &cfg->trusted_proxies[i], 0, p2);
+    }
+    validate_access(d, &cfg->access, "access", 0);
+    RANGE(d, &cfg->limits.max_connections_per_ip, 0, "limits.max_connections_per_ip",
+          cfg->limits.max_connections_per_ip, 0, MAX_CONNECTIONS, UNIT_NUM);
+}
+
+/* Find name among n items (stride, offset of the name); n when absent. */
+static size_t find_name(const void *items, size_t n, size_t stride, size_t off, const char *name)
+{
+    for (size_t i = 0; items && name && i < n; i++) {
+        const char *s = *(char *const *)((const char *)items + i * stride + off);
+        if (s && strcmp(s, name) == 0)
+            return i;
+    }
+    return n;
+}
+
+/* Resolve references to a list's entries (issuers, consumers, rate limits) by name. */
+static void resolve_refs(struct diag *d, struct polis_name_ref *refs, size_t n, const void *items,
+                         size_t count, size_t stride, size_t off, const char *path, int fallback,
+                         const char *what, const char *where)
+{
+    char q[96], list[512];
+    for (size_t i = 0; refs && i < n; i++) {
+        struct polis_name_ref *ref = &refs[i];
+        if (reported(d, ref) || !ref->name)
+            continue;
+        int line = line_of(d, ref, fallback);
+        size_t k = find_name(items, count, stride, off, ref->name);
+        diag_quote(ref->name, strlen(ref->name), q, sizeof(q));
+        if (k < count) {
+            ref->index = k;
+            for (size_t j = 0; j < i; j++) {
+                if (refs[j].name && strcmp(refs[j].name, ref->name) == 0) {
+                    diag_add(d, line, "%s: %s %s listed twice; expected each once", path, what, q);
+                    break;
+                }
+            }
+            continue;
+        }
+        names_of(items, count, stride, off, list, sizeof(list));
+        if (count)
+            diag_add(d, line, "%s: unknown %s %s; expected one of: %s", path, what, q, list);
+        else
+            diag_add(d, line,
+                     "%s: unknown %s %s; expected the name of one under %s (none is "
+                     "defined)",
+                     path, what, q, where);
+    }
+}
+
+/* Consumer groups named by a route: some consumer must be in each. */
+static void check_groups(struct diag *d, const struct polis_config *cfg, char **groups, size_t n,
+                         const char *path, int fallback)
+{
+    char q[96], p2[192];
+    for (size_t i = 0; groups && i < n; i++) {
+        if (reported(d, &groups[i]) || !groups[i])
+            continue;
+        bool found = false;
+        for (size_t c = 0; c < cfg->num_consumers && cfg->consumers && !found; c++) {
+            const struct polis_consumer_cfg *co = &cfg->consumers[c];
+            for (size_t g = 0; co->groups && g < co->num_groups && !found; g++)
+                found = co->groups[g] && strcmp(co->groups[g], groups[i]) == 0;
+        }
+        if (found)
+            continue;
+        diag_quote(groups[i], strlen(groups[i]), q, sizeof(q));
+        snprintf(p2, sizeof(p2), "%s[%zu]", path, i);
+        diag_add(d, line_of(d, &groups[i], fallback),
+                 "%s: no consumer is in group %s; expected a group of some consumer under "
+                 "consumers",
+                 p2, q);
+    }
+}
+
+/* Whether two header names are the same (ignoring case). */
+static bool header_same(const char *a, const char *b)
+{
+    return a && b && strcasecmp(a, b) == 0;
+}
+
+static void validate_route_auth(struct diag *d, struct polis_config *cfg, struct polis_route_cfg *r,
+                                const char *path)
+{
+    struct polis_auth_cfg *a = &r->auth;
+    struct polis_route_jwt_cfg *j = &a->jwt_rules;
+    char p2[192], p3[224];
+    int al = r->line;
+
+    if (a->jwt && !reported(d, &a->jwt)) {
+        int jl = line_of(d, &a->jwt, al);
+        snprintf(p2, sizeof(p2), "%s.auth.jwt", path);
+        if (cfg->jwt.num_issuers == 0 || !cfg->jwt.issuers)
+            diag_add(d, jl,
+                     "%s: no issuer is defined; expected jwt: {issuers: [...]} at the top "
+                     "level",
+                     p2);
+        snprintf(p2, sizeof(p2), "%s.auth.jwt.issuers", path);
+        resolve_refs(d, j->issuers, j->num_issuers, cfg->jwt.issuers, cfg->jwt.num_issuers,
+                     sizeof(*cfg->jwt.issuers), offsetof(struct polis_jwt_issuer_cfg, name), p2, jl,
+                     "issuer", "jwt.issuers");
+        for (size_t i = 0; j->required_claims && i < j->num_required_claims; i++) {
+            const struct polis_header_kv *kv = &j->required_claims[i];
+            snprintf(p2, sizeof(p2), "%s.auth.jwt.required_claims", path);
+            visible_check(d, kv->name, kv, jl, p2, "a claim name without spaces, like role");
+            if (!reported(d, kv) && kv->name && !kv->value)
+                diag_add(d, line_of(d, kv, jl), "%s.%s: no value; expected the value required", p2,
+                         kv->name);
+        }
+        for (size_t i = 0; j->scopes && i < j->num_scopes; i++) {
+            snprintf(p2, sizeof(p2), "%s.auth.jwt.scopes[%zu]", path, i);
+            visible_check(d, j->scopes[i], &j->scopes[i], jl, p2,
+                          "a scope without spaces, like orders:read");
+        }
+        for (size_t i = 0; j->forward_claims && i < j->num_forward_claims; i++) {
+            const struct polis_header_kv *kv = &j->forward_claims[i];
+            snprintf(p2, sizeof(p2), "%s.auth.jwt.forward_claims", path);
+            visible_check(d, kv->name, kv, jl, p2, "a claim name without spaces, like sub");
+            if (reported(d, kv) || !kv->name)
+                continue;
+            snprintf(p3, sizeof(p3), "%s.%s", p2, kv->name);
+            header_check(d, kv->value, kv, jl, p3);
+            for (size_t k = 0; k < i; k++) {
+                if (header_same(j->forward_claims[k].value, kv->value)) {
+                    diag_add(d, line_of(d, kv, jl),
+                             "%s: header '%s' also carries claim '%s'; expected a header per "
+                             "claim",
+                             p3, kv->value, j->forward_claims[k].name);
+                    break;
+                }
+            }
+        }
+    }
+    if (a->any && !reported(d, &a->any) && !(a->jwt && a->api_key))
+        diag_add(d, line_of(d, &a->any, al),
+                 "%s.auth.any: set without both jwt and api_key; expected any only with both "
+                 "(it says that either suffices)",
+                 path);
+    struct polis_consumer_rules_cfg *c = &a->consumers;
+    bool rules = c->num_allow || c->num_allow_groups || c->num_deny || c->num_deny_groups;
+    int cl = line_of(d, c, al);
+    if (rules && !a->api_key && !reported(d, &a->api_key))
+        diag_add(d, cl,
+                 "%s.auth.consumers: set without api_key; expected api_key: true (consumers are "
+                 "known by their keys)",
+                 path);
+    snprintf(p2, sizeof(p2), "%s.auth.consumers.allow", path);
+    resolve_refs(d, c->allow, c->num_allow, cfg->consumers, cfg->num_consumers,
+                 sizeof(*cfg->consumers), offsetof(struct polis_consumer_cfg, name), p2, cl,
+                 "consumer", "consumers");
+    snprintf(p2, sizeof(p2), "%s.auth.consumers.deny", path);
+    resolve_refs(d, c->deny, c->num_deny, cfg->consumers, cfg->num_consumers,
+                 sizeof(*cfg->consumers), offsetof(struct polis_consumer_cfg, name), p2, cl,
+                 "consumer", "consumers");
+    snprintf(p2, sizeof(p2), "%s.auth.consumers.allow_groups", path);
+    check_groups(d, cfg, c->allow_groups, c->num_allow_groups, p2, cl);
+    snprintf(p2, sizeof(p2), "%s.auth.consumers.deny_groups", path);
+    check_groups(d, cfg, c->deny_groups, c->num_deny_groups, p2, cl);
+    if (a->api_key && !a->forward_consumer && !reported(d, &a->forward_consumer)) {
+        a->forward_consumer = strdup("X-Consumer");
+        if (!a->forward_consumer)
+            d->oom = true;
+    }
+    if (a->forward_consumer) {
+        snprintf(p2, sizeof(p2), "%s.auth.forward_consumer", path);
+        header_check(d, a->forward_consumer, &a->forward_consumer, al, p2);
+    }
+    /* A header the gateway sets for services must carry one thing only. */
+    const char *subject = cfg->tls.enabled ? cfg->tls.forward_subject : NULL;
+    for (size_t i = 0; a->jwt && j->forward_claims && i < j->num_forward_claims; i++) {
+        const struct polis_header_kv *kv = &j->forward_claims[i];
+        const char *other = header_same(kv->value, a->forward_consumer) ? "auth.forward_consumer"
+                            : header_same(kv->value, subject)           ? "tls.forward_subject"
+                                                                        : NULL;
+        if (!other || reported(d, kv))
+            continue;
+        diag_add(d, line_of(d, kv, al),
+                 "%s.auth.jwt.forward_claims.%s: header '%s' is also %s; expected another "
+                 "header",
+                 path, kv->name ? kv->name : "?", kv->value, other);
+    }
+    if (a->forward_consumer && header_same(a->forward_consumer, subject) &&
+        !reported(d, &a->forward_consumer))
+        diag_add(d, line_of(d, &a->forward_consumer, al),
+                 "%s.auth.forward_consumer: header '%s' is also tls.forward_subject; expected "
+                 "another header",
+                 path, a->forward_consumer);
+}
+
+/* "https://app.example", "http://localhost:3000": a lowercase scheme://host[:port]. */
+static bool origin_ok(const char *s)
+{
+    size_t i = 0;
+    if (!s || !(s[0] >= 'a' && s[0] <= 'z'))
+        return false;
+    while ((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= '0' && s[i] <= '9') || s[i] == '+' ||
+           s[i] == '-' || s[i] == '.')
+        i++;
+    if (strncmp(s + i, "://", 3) != 0)
+        return false;
+    const char *host = s + i + 3, *end;
+    char buf[256];
+    if (host[0] == '[') {
+        unsigned char a6[sizeof(struct in6_addr)];
+        end = strchr(host, ']');
+        if (!end || (size_t)(end - host - 1) >= sizeof(buf))
+            return false;
+        memcpy(buf, host + 1, (size_t)(end - host - 1));
+        buf[end - host - 1] = 0;
+        if (inet_pton(AF_INET6, buf, a6) != 1)
+            return false;
+        end++;
+    } else {
+        end = host + strcspn(host, ":");
+        if ((size_t)(end - host) >= sizeof(buf))
+            return false;
+        memcpy(buf, host, (size_t)(end - host));
+        buf[end - host] = 0;
+        if (buf[0] == '*' || !is_host(buf))
+            return false;
+        for (const char *c = buf; *c; c++) {
+            if (*c >= 'A' && *c <= 'Z')
+                return false;
+        }
+    }
+    if (*end == 0)
+        return true;
+    if (*end != ':')
+        return false;
+    size_t n = strlen(end + 1);
+    if (n == 0 || n > 5 || strspn(end + 1, "0123456789") != n)
+        return false;
+    unsigned long port = strtoul(end + 1, NULL, 10);
+    return port >= 1 && port <= 65535;
+}
+
+static void validate_cors(struct diag *d, const struct polis_cors_cfg *c, const char *path,
+                          int fallback)
+{
+    char p2[192], q[96];
+    int cl = line_of(d, &c->enabled, fallback);
+    bool star = false;
+
+    if (!c->enabled || reported(d, &c->enabled))
+        return;
+    if (!reported(d, &c->origins)) {
+        if (c->num_origins == 0 || !c->origins)
+            diag_add(d, line_of(d, &c->origins, cl),
+                     "%s.cors: no origins; expected origins: a list like "
+                     "[\"https://app.example\"] or [\"*\"]",
+                     path);
+        for (size_t i = 0; c->origins && i < c->num_origins; i++) {
+            const char *o = c->origins[i];
+            if (reported(d, &c->origins[i]))
+                continue;
+            if (o && strcmp(o, "*") == 0) {
+                star = true;
+                continue;
+            }
+            if (origin_ok(o))
+                continue;
+            diag_quote(o ? o : "", o ? strlen(o) : 0, q, sizeof(q));
+            diag_add(d, line_of(d, &c->origins[i], line_of(d, &c->origins, cl)),
+                     "%s.cors.origins[%zu]: found %s; expected \"*\" or an origin like "
+                     "https://app.example or http://localhost:3000 (lowercase, no path)",
+                     path, i, q);
+        }
+        if (star && c->num_origins > 1)
+            diag_add(d, line_of(d, &c->origins, cl),
+                     "%s.cors.origins: '*' with other origins; expected '*' alone or a list of "
+                     "origins",
+                     path);
+        if (star && c->credentials && !reported(d, &c->credentials))
+            diag_add(d, line_of(d, &c->credentials, cl),
+                     "%s.cors.credentials: true with origin '*'; expected a list of origins "
+                     "(browsers refuse credentials with '*')",
+                     path);
+    }
+    for (size_t i = 0; c->methods && i < c->num_methods; i++) {
+        const char *m = c->methods[i];
+        if (reported(d, &c->methods[i]) || cfg_is_token(m))
+            continue;
+        diag_quote(m ? m : "", m ? strlen(m) : 0, q, sizeof(q));
+        diag_add(d, line_of(d, &c->methods[i], line_of(d, &c->methods, cl)),
+                 "%s.cors.methods[%zu]: found %s; expected a method token like GET", path, i, q);
+    }
+    for (size_t i = 0; c->headers && i < c->num_headers; i++) {
+        snprintf(p2, sizeof(p2), "%s.cors.headers[%zu]", path, i);
+        header_check(d, c->headers[i], &c->headers[i], line_of(d, &c->headers, cl), p2);
+    }
+    for (size_t i = 0; c->expose_headers && i < c->num_expose_headers; i++) {
+        snprintf(p2, sizeof(p2), "%s.cors.expose_headers[%zu]", path, i);
+        header_check(d, c->expose_headers[i], &c->expose_headers[i],
+                     line_of(d, &c->expose_headers, cl), p2);
+    }
+    snprintf(p2, sizeof(p2), "%s.cors.max_age", path);
+    RANGE(d, &c->max_age_ms, cl, p2, c->max_age_ms, 0, MAX_MS, UNIT_MS);
+}
+
+/* A route's auth, rate limits, CORS and access lists. */
+static void validate_route_security(struct diag *d, struct polis_config *cfg,
+                                    struct polis_route_cfg *r, const char *path)
+{
+    char p2[192], q[96];
+    int rl = r->line;
+
+    validate_route_auth(d, cfg, r, path);
+    snprintf(p2, sizeof(p2), "%s.rate_limit", path);
+    resolve_refs(d, r->rate_limits, r->num_rate_limits, cfg->rate_limits, cfg->num_rate_limits,
+                 sizeof(*cfg->rate_limits), offsetof(struct polis_rate_limit_cfg, name), p2,
+                 line_of(d, &r->rate_limits, rl), "rate limit", "rate_limits");
+    for (size_t i = 0; r->rate_limits && i < r->num_rate_limits; i++) {
+        const struct polis_name_ref *ref = &r->rate_limits[i];
+        size_t k = find_name(cfg->rate_limits, cfg->num_rate_limits, sizeof(*cfg->rate_limits),
+                             offsetof(struct polis_rate_limit_cfg, name), ref->name);
+        if (reported(d, ref) || k == cfg->num_rate_limits ||
+            cfg->rate_limits[k].key != POLIS_RL_KEY_CONSUMER || r->auth.jwt || r->auth.api_key)
+            continue;
+        diag_quote(ref->name, strlen(ref->name), q, sizeof(q));
+        diag_add(d, line_of(d, ref, rl),
+                 "%s: %s is keyed by consumer but the route has no auth; expected auth with "
+                 "api_key or jwt, or a limit keyed otherwise",
+                 p2, q);
+    }
+    validate_cors(d, &r->cors, path, rl);
+    snprintf(p2, sizeof(p2), "%s.access", path);
+    validate_access(d, &r->access, p2, line_of(d, &r->access, rl));
+}
+
 /* The comma-separated cluster names for "expected one of" (at most 10 shown). */
 static void cluster_list(const struct polis_config *cfg, char *out, size_t cap)
 {
@@ -1422,6 +2604,8 @@ static void validate_cluster(struct diag *d, struct polis_config *cfg, size_t ci
     RANGE(d, &c->max_pending, cl, p2, c->max_pending, 0, MAX_CONNECTIONS, UNIT_NUM);
     snprintf(p2, sizeof(p2), "%s.max_requests", path);
     RANGE(d, &c->max_requests, cl, p2, c->max_requests, 0, MAX_CONNECTIONS, UNIT_NUM);
+    snprintf(p2, sizeof(p2), "%s.tls", path);
+    validate_upstream_tls(d, &c->tls, p2, cl);
 }
 
 /* A route's traffic settings: subset or split, fault injection, mirroring. target is the
@@ -1680,6 +2864,7 @@ static void validate_route(struct diag *d, struct polis_config *cfg, size_t ri)
     }
     snprintf(p2, sizeof(p2), "%s.max_concurrent", path);
     RANGE(d, &r->max_concurrent, rl, p2, r->max_concurrent, 0, MAX_CONNECTIONS, UNIT_NUM);
+    validate_route_security(d, cfg, r, path);
 }
 
 /* Whether two listening addresses collide: the same text, or the same port where one of them is
@@ -1781,6 +2966,7 @@ static void config_validate_diag(struct polis_config *cfg, struct diag *d)
     RANGE(d, &t->idle_ms, 0, "timeouts.idle", t->idle_ms, 1, MAX_MS, UNIT_MS);
     RANGE(d, &t->request_ms, 0, "timeouts.request", t->request_ms, 0, MAX_MS, UNIT_MS);
     RANGE(d, &t->drain_ms, 0, "timeouts.drain", t->drain_ms, 0, MAX_MS, UNIT_MS);
+    validate_security(d, cfg);
 
     if (cfg->num_clusters && !cfg->clusters)
         diag_add(d, 0, "clusters: count without a list; expected a list");
@@ -2726,8 +3912,9 @@ static void load_registry(struct ld *L, const struct node *m, int line)
 
 static void load_limits(struct ld *L, const struct node *m, int line)
 {
-    static const char *const keys[] = {"max_request_line", "max_header_bytes", "max_headers",
-                                       "max_body",         "max_connections",  NULL};
+    static const char *const keys[] = {
+        "max_request_line", "max_header_bytes",       "max_headers", "max_body",
+        "max_connections",  "max_connections_per_ip", NULL};
     struct polis_limits_cfg *l = &L->cfg->limits;
     if (!map_check(L, m, line, "limits", keys, "a mapping of limits"))
         return;
@@ -2736,6 +3923,8 @@ static void load_limits(struct ld *L, const struct node *m, int line)
     NUM_FIELD(L, m, "limits", "max_headers", UNIT_NUM, 1, 1000, l->max_headers);
     NUM_FIELD(L, m, "limits", "max_body", UNIT_BYTES, 1, MAX_BODY, l->max_body);
     NUM_FIELD(L, m, "limits", "max_connections", UNIT_NUM, 1, MAX_CONNECTIONS, l->max_connections);
+    NUM_FIELD(L, m, "limits", "max_connections_per_ip", UNIT_NUM, 0, MAX_CONNECTIONS,
+              l->max_connections_per_ip);
 }
 
 static void load_timeouts(struct ld *L, const struct node *m, int line)
@@ -2832,6 +4021,854 @@ static void load_tracing(struct ld *L, const struct node *m, int line)
     }
 }
 
+/* ---- Loading the edge security settings -------------------------------------------------- */
+
+/* Read an optional list-of-strings field of mapping m (empty allowed when allow_empty); the
+ * list's line is recorded by the address of *out. */
+static void strv_field(struct ld *L, const struct node *m, const char *base, const char *key,
+                       bool allow_empty, const char *expected, const char *item, char ***out,
+                       size_t *num)
+{
+    int kl = 0;
+    const struct node *n = get(m, key, &kl);
+    char p[160];
+    if (!n)
+        return;
+    join(p, sizeof(p), base, key);
+    bool ok = allow_empty && n->type == N_SEQ && n->n == 0
+                  ? true
+                  : load_strv(L, n, kl, p, expected, item, out, num);
+    diag_where(L->d, out, kl, !ok);
+}
+
+/* Names referring to entries of another list: a list (empty allowed when allow_empty), or one
+ * name when allow_one. Each ref's line is recorded by its address; returns false (reported)
+ * when n is neither. */
+static bool load_refs(struct ld *L, const struct node *n, int line, const char *path,
+                      bool allow_empty, bool allow_one, const char *expected, const char *item,
+                      struct polis_name_ref **out, size_t *num)
+{
+    if (allow_one && n->type == N_SCALAR && !is_null(n)) {
+        *out = calloc(1, sizeof(**out));
+        if (!*out) {
+            L->d->oom = true;
+            return true;
+        }
+        *num = 1;
+        bool ok = rd_str(L, n, line, path, item, &(*out)[0].name);
+        diag_where(L->d, &(*out)[0], line, !ok);
+        return true;
+    }
+    if (n->type == N_SEQ && n->n == 0 && allow_empty)
+        return true;
+    if (n->type != N_SEQ || n->n == 0) {
+        wrong(L, n, line, path, expected);
+        return false;
+    }
+    *out = calloc(n->n, sizeof(**out));
+    if (!*out) {
+        L->d->oom = true;
+        return true;
+    }
+    *num = n->n;
+    for (size_t i = 0; i < n->n; i++) {
+        char ip[192];
+        snprintf(ip, sizeof(ip), "%s[%zu]", path, i);
+        bool ok = rd_str(L, &n->kids[i], n->kids[i].line, ip, item, &(*out)[i].name);
+        diag_where(L->d, &(*out)[i], n->kids[i].line, !ok);
+    }
+    return true;
+}
+
+/* A list of networks (empty allowed) into *out and *num. Returns false (reported) when n is not
+ * a list; each malformed network is reported with why. */
+static bool load_cidrs(struct ld *L, const struct node *n, int line, const char *path,
+                       struct polis_cidr **out, size_t *num)
+{
+    const char *expected = "an IPv4 or IPv6 network like 10.0.0.0/8 or \"fd00::/8\", or one "
+                           "address";
+    if (n->type == N_SEQ && n->n == 0)
+        return true;
+    if (n->type != N_SEQ) {
+        wrong(L, n, line, path, "a list of networks like [10.0.0.0/8, \"fd00::/8\"]");
+        return false;
+    }
+    *out = calloc(n->n, sizeof(**out));
+    if (!*out) {
+        L->d->oom = true;
+        return true;
+    }
+    *num = n->n;
+    for (size_t i = 0; i < n->n; i++) {
+        const struct node *k = &n->kids[i];
+        struct polis_cidr *c = &(*out)[i];
+        char ip[192], q[96], net[64];
+        enum cidr_result r = CIDR_SYNTAX;
+        snprintf(ip, sizeof(ip), "%s[%zu]", path, i);
+        if (k->type == N_SCALAR && !is_null(k) && !memchr(k->s, 0, k->len))
+            r = cidr_parse(k->s, c);
+        switch (r) {
+        case CIDR_OK:
+            break;
+        case CIDR_PREFIX:
+            diag_quote(k->s, k->len, q, sizeof(q));
+            diag_add(L->d, k->line, "%s: found %s, out of range; expected a prefix length 0..%d",
+                     ip, q, c->family == AF_INET ? 32 : 128);
+            break;
+        case CIDR_HOST_BITS:
+            diag_quote(k->s, k->len, q, sizeof(q));
+            cidr_network_text(c, net, sizeof(net));
+            diag_add(L->d, k->line,
+                     "%s: %s has bits set past the prefix length; expected the network %s (or "
+                     "one address without a prefix)",
+                     ip, q, net);
+            break;
+        default:
+            wrong(L, k, k->line, ip, expected);
+            break;
+        }
+        diag_where(L->d, c, k->line, r != CIDR_OK);
+    }
+    return true;
+}
+
+static void load_access(struct ld *L, const struct node *m, int line, const char *path,
+                        struct polis_access_cfg *a)
+{
+    static const char *const keys[] = {"allow", "deny", NULL};
+    char p[160];
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, path, keys, "a mapping with allow and deny (lists of networks)")) {
+        diag_where(L->d, a, line, true);
+        return;
+    }
+    diag_where(L->d, a, line, false);
+    if ((n = get(m, "allow", &kl))) {
+        join(p, sizeof(p), path, "allow");
+        load_cidrs(L, n, kl, p, &a->allow, &a->num_allow);
+    }
+    if ((n = get(m, "deny", &kl))) {
+        join(p, sizeof(p), path, "deny");
+        load_cidrs(L, n, kl, p, &a->deny, &a->num_deny);
+    }
+    if (!get(m, "allow", &kl) && !get(m, "deny", &kl))
+        diag_add(L->d, line,
+                 "%s: neither allow nor deny; expected allow or deny: a list of "
+                 "networks like [10.0.0.0/8]",
+                 path);
+}
+
+static void load_tls_certs(struct ld *L, const struct node *n, int line, struct polis_tls_cfg *t)
+{
+    static const char *const keys[] = {"cert", "key", NULL};
+    const char *expected = "a non-empty list of {cert, key} (PEM files)";
+
+    if (n->type != N_SEQ || n->n == 0) {
+        wrong(L, n, line, "tls.certificates", expected);
+        diag_where(L->d, &t->certs, line, true);
+        return;
+    }
+    t->certs = calloc(n->n, sizeof(*t->certs));
+    if (!t->certs) {
+        L->d->oom = true;
+        return;
+    }
+    t->num_certs = n->n;
+    diag_where(L->d, &t->certs, line, false);
+    for (size_t i = 0; i < n->n; i++) {
+        const struct node *it = &n->kids[i];
+        struct polis_tls_cert_cfg *c = &t->certs[i];
+        char ip[64];
+        snprintf(ip, sizeof(ip), "tls.certificates[%zu]", i);
+        c->line = it->line;
+        if (it->type != N_MAP) {
+            wrong(L, it, it->line, ip, "a mapping with cert and key");
+            diag_where(L->d, &c->cert, it->line, true);
+            diag_where(L->d, &c->key, it->line, true);
+            continue;
+        }
+        map_check(L, it, it->line, ip, keys, NULL);
+        str_field(L, it, ip, "cert", "a PEM file path", &c->cert);
+        str_field(L, it, ip, "key", "a PEM file path", &c->key);
+    }
+}
+
+/* tls: its presence turns TLS on for listen. */
+static void load_tls(struct ld *L, const struct node *m, int line)
+{
+    static const char *const keys[] = {"certificates",    "min_version",     "alpn",
+                                       "session_tickets", "session_timeout", "client_auth",
+                                       "client_ca",       "forward_subject", NULL};
+    struct polis_tls_cfg *t = &L->cfg->tls;
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, "tls", keys, "a mapping of TLS settings (certificates, ...)")) {
+        diag_where(L->d, &t->enabled, line, true);
+        return;
+    }
+    t->enabled = true;
+    diag_where(L->d, &t->enabled, line, false);
+    if ((n = get(m, "certificates", &kl)))
+        load_tls_certs(L, n, kl, t);
+    if ((n = get(m, "min_version", &kl))) {
+        bool ok = true;
+        if (scalar_eq(n, "1.2"))
+            t->min_version = POLIS_TLS_1_2;
+        else if (scalar_eq(n, "1.3"))
+            t->min_version = POLIS_TLS_1_3;
+        else
+            ok = false;
+        if (!ok)
+            wrong(L, n, kl, "tls.min_version", "\"1.2\" or \"1.3\"");
+        diag_where(L->d, &t->min_version, kl, !ok);
+    }
+    strv_field(L, m, "tls", "alpn", false, "a list of protocols like [http/1.1]",
+               "a protocol name like http/1.1", &t->alpn, &t->num_alpn);
+    bool_field(L, m, "tls", "session_tickets", &t->session_tickets);
+    NUM_FIELD(L, m, "tls", "session_timeout", UNIT_MS, 1000, MAX_MS, t->session_timeout_ms);
+    if ((n = get(m, "client_auth", &kl))) {
+        static const char *const modes[] = {"off", "optional", "required"};
+        size_t k = 0;
+        while (k < 3 && !scalar_eq(n, modes[k]))
+            k++;
+        if (k < 3)
+            t->client_auth = (enum polis_client_auth)k;
+        else
+            wrong(L, n, kl, "tls.client_auth", "off, optional or required");
+        diag_where(L->d, &t->client_auth, kl, k == 3);
+    }
+    str_field(L, m, "tls", "client_ca", "a PEM file path", &t->client_ca);
+    str_field(L, m, "tls", "forward_subject", "a header name like X-Client-Subject",
+              &t->forward_subject);
+}
+
+/* A cluster's tls: its presence turns TLS on to its instances. */
+static void load_upstream_tls(struct ld *L, const struct node *m, int line, const char *path,
+                              struct polis_upstream_tls_cfg *t)
+{
+    static const char *const keys[] = {"ca", "verify", "server_name", "cert", "key", NULL};
+
+    if (!map_check(L, m, line, path, keys,
+                   "a mapping of TLS settings (ca, verify, server_name, cert, key)")) {
+        diag_where(L->d, &t->enabled, line, true);
+        return;
+    }
+    t->enabled = true;
+    diag_where(L->d, &t->enabled, line, false);
+    str_field(L, m, path, "ca", "a PEM file path", &t->ca);
+    bool_field(L, m, path, "verify", &t->verify);
+    str_field(L, m, path, "server_name", "a host name like orders.internal", &t->server_name);
+    str_field(L, m, path, "cert", "a PEM file path", &t->cert);
+    str_field(L, m, path, "key", "a PEM file path", &t->key);
+}
+
+#define ALG_NAMES "HS256, HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384, EdDSA"
+
+/* An algorithm name: its enum value, or -1 (reported), "none" refused with its own reason. */
+static int rd_alg(struct ld *L, const struct node *n, int line, const char *path)
+{
+    for (int a = 0; a < POLIS_JWT__COUNT; a++) {
+        if (scalar_eq(n, polis__jwt_alg_names[a]))
+            return a;
+    }
+    if (n->type == N_SCALAR && n->len == 4 && strncasecmp(n->s, "none", 4) == 0)
+        wrong(L, n, line, path,
+              "a signature algorithm (unsigned tokens are never accepted): " ALG_NAMES);
+    else
+        wrong(L, n, line, path, "one of: " ALG_NAMES);
+    return -1;
+}
+
+static void load_jwt_key(struct ld *L, const struct node *it, const char *path,
+                         struct polis_jwt_key_cfg *k)
+{
+    static const char *const keys[] = {"file", "secret_file", "kid", "algorithm", NULL};
+    int kl = 0;
+    const struct node *n;
+
+    k->line = it->line;
+    if (it->type != N_MAP) {
+        wrong(L, it, it->line, path, "a mapping with file or secret_file, kid and algorithm");
+        diag_where(L->d, &k->line, it->line, true);
+        return;
+    }
+    map_check(L, it, it->line, path, keys, NULL);
+    str_field(L, it, path, "file", "a PEM file path", &k->file);
+    str_field(L, it, path, "secret_file", "a file path", &k->secret_file);
+    str_field(L, it, path, "kid", "a key id", &k->kid);
+    if ((n = get(it, "algorithm", &kl))) {
+        char p[224];
+        join(p, sizeof(p), path, "algorithm");
+        int a = rd_alg(L, n, kl, p);
+        if (a >= 0)
+            k->alg = (enum polis_jwt_alg)a;
+        diag_where(L->d, &k->alg, kl, a < 0);
+    } else {
+        diag_add(L->d, it->line,
+                 "%s: no algorithm; expected algorithm: the one algorithm this key verifies, "
+                 "like RS256",
+                 path);
+        diag_where(L->d, &k->alg, it->line, true);
+    }
+}
+
+static void load_issuer(struct ld *L, const struct node *m, size_t idx,
+                        struct polis_jwt_issuer_cfg *is)
+{
+    static const char *const keys[] = {
+        "name",      "issuer",      "audiences", "algorithms",   "keys",
+        "jwks_file", "jwks_url",    "jwks_ca",   "jwks_refresh", "jwks_min_refresh",
+        "leeway",    "require_exp", NULL};
+    char path[48], p[160];
+    int kl = 0;
+    const struct node *n;
+
+    is->line = m->line;
+    is->jwks_refresh_ms = 600000;
+    is->jwks_min_refresh_ms = 30000;
+    is->leeway_ms = 30000;
+    is->require_exp = true;
+    snprintf(path, sizeof(path), "jwt.issuers[%zu]", idx);
+    if (m->type != N_MAP) {
+        wrong(L, m, m->line, path, "a mapping with name, issuer, algorithms and keys");
+        diag_where(L->d, &is->name, m->line, true);
+        diag_where(L->d, &is->issuer, m->line, true);
+        diag_where(L->d, &is->algorithms, m->line, true);
+        diag_where(L->d, &is->keys, m->line, true);
+        return;
+    }
+    map_check(L, m, m->line, path, keys, NULL);
+    str_field(L, m, path, "name", "an issuer name", &is->name);
+    str_field(L, m, path, "issuer", "the iss claim, like https://issuer.example", &is->issuer);
+    strv_field(L, m, path, "audiences", false, "a list of audiences like [api]", "an audience",
+               &is->audiences, &is->num_audiences);
+    if ((n = get(m, "algorithms", &kl))) {
+        bool ok = n->type == N_SEQ && n->n > 0, bad = false;
+        join(p, sizeof(p), path, "algorithms");
+        if (!ok)
+            wrong(L, n, kl, p, "a non-empty list of algorithms like [RS256, ES256]");
+        for (size_t i = 0; ok && i < n->n; i++) {
+            char ip[192];
+            snprintf(ip, sizeof(ip), "%s[%zu]", p, i);
+            int a = rd_alg(L, &n->kids[i], n->kids[i].line, ip);
+            if (a >= 0)
+                is->algorithms |= 1u << a;
+            bad |= a < 0;
+        }
+        diag_where(L->d, &is->algorithms, kl, !ok || bad);
+    }
+    if ((n = get(m, "keys", &kl))) {
+        join(p, sizeof(p), path, "keys");
+        if (n->type == N_SEQ && n->n > 0) {
+            is->keys = calloc(n->n, sizeof(*is->keys));
+            if (!is->keys) {
+                L->d->oom = true;
+                return;
+            }
+            is->num_keys = n->n;
+            for (size_t i = 0; i < n->n; i++) {
+                char ip[192];
+                snprintf(ip, sizeof(ip), "%s[%zu]", p, i);
+                load_jwt_key(L, &n->kids[i], ip, &is->keys[i]);
+            }
+            diag_where(L->d, &is->keys, kl, false);
+        } else {
+            wrong(L, n, kl, p, "a non-empty list of keys like [{file: key.pem, algorithm: RS256}]");
+            diag_where(L->d, &is->keys, kl, true);
+        }
+    }
+    str_field(L, m, path, "jwks_file", "a JWK Set file path", &is->jwks_file);
+    str_field(L, m, path, "jwks_url", "an https:// URL", &is->jwks_url);
+    str_field(L, m, path, "jwks_ca", "a PEM file path", &is->jwks_ca);
+    NUM_FIELD(L, m, path, "jwks_refresh", UNIT_MS, 1000, MAX_MS, is->jwks_refresh_ms);
+    NUM_FIELD(L, m, path, "jwks_min_refresh", UNIT_MS, 1000, MAX_MS, is->jwks_min_refresh_ms);
+    NUM_FIELD(L, m, path, "leeway", UNIT_MS, 0, MAX_LEEWAY, is->leeway_ms);
+    bool_field(L, m, path, "require_exp", &is->require_exp);
+}
+
+static void load_jwt(struct ld *L, const struct node *m, int line)
+{
+    static const char *const keys[] = {"cache_size", "issuers", NULL};
+    struct polis_jwt_cfg *j = &L->cfg->jwt;
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, "jwt", keys, "a mapping with cache_size and issuers"))
+        return;
+    NUM_FIELD(L, m, "jwt", "cache_size", UNIT_NUM, 0, MAX_JWT_CACHE, j->cache_size);
+    if (!(n = get(m, "issuers", &kl))) {
+        diag_add(L->d, line, "jwt: no issuers; expected issuers: a list of token issuers");
+        return;
+    }
+    if (n->type != N_SEQ || n->n == 0) {
+        wrong(L, n, kl, "jwt.issuers", "a non-empty list of token issuers");
+        return;
+    }
+    j->issuers = calloc(n->n, sizeof(*j->issuers));
+    if (!j->issuers) {
+        L->d->oom = true;
+        return;
+    }
+    j->num_issuers = n->n;
+    for (size_t i = 0; i < n->n; i++)
+        load_issuer(L, &n->kids[i], i, &j->issuers[i]);
+}
+
+static void load_api_keys(struct ld *L, const struct node *m, int line)
+{
+    static const char *const keys[] = {"header", "query", NULL};
+    struct polis_api_keys_cfg *k = &L->cfg->api_keys;
+
+    if (!map_check(L, m, line, "api_keys", keys, "a mapping with header and query"))
+        return;
+    str_field(L, m, "api_keys", "header", "a header name like X-API-Key", &k->header);
+    str_field(L, m, "api_keys", "query", "a query parameter name like api_key", &k->query);
+}
+
+static int hex_digit(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/* A consumer's key: "sha256:" and 64 lowercase hex digits into out. A key in clear is refused
+ * without being echoed (it is a secret). */
+static bool rd_key_hash(struct ld *L, const struct node *k, const char *path, uint8_t out[32])
+{
+    if (k->type != N_SCALAR || is_null(k) || k->len < 7 || memcmp(k->s, "sha256:", 7) != 0) {
+        if (k->type == N_SCALAR && !is_null(k))
+            diag_add(L->d, k->line,
+                     "%s: a key in clear; expected sha256:<64 lowercase hex digits>, the SHA-256 "
+                     "of the key (printf %%s \"$KEY\" | sha256sum)",
+                     path);
+        else
+            wrong(L, k, k->line, path, "sha256:<64 lowercase hex digits>");
+        return false;
+    }
+    bool ok = k->len == 7 + 64;
+    for (size_t i = 0; ok && i < 32; i++) {
+        int hi = hex_digit(k->s[7 + 2 * i]), lo = hex_digit(k->s[8 + 2 * i]);
+        ok = hi >= 0 && lo >= 0;
+        out[i] = (uint8_t)(hi << 4 | lo);
+    }
+    if (!ok)
+        wrong(L, k, k->line, path, "sha256:<64 lowercase hex digits>");
+    return ok;
+}
+
+static void load_consumer(struct ld *L, const struct node *m, size_t idx)
+{
+    static const char *const keys[] = {"name", "groups", "keys", NULL};
+    struct polis_consumer_cfg *c = &L->cfg->consumers[idx];
+    char path[48], p[160];
+    int kl = 0;
+    const struct node *n;
+
+    c->line = m->line;
+    snprintf(path, sizeof(path), "consumers[%zu]", idx);
+    if (m->type != N_MAP) {
+        wrong(L, m, m->line, path, "a mapping with name, groups and keys");
+        diag_where(L->d, &c->name, m->line, true);
+        return;
+    }
+    map_check(L, m, m->line, path, keys, NULL);
+    str_field(L, m, path, "name", "a consumer name", &c->name);
+    strv_field(L, m, path, "groups", true, "a list of group names like [gold]", "a group name",
+               &c->groups, &c->num_groups);
+    if ((n = get(m, "keys", &kl))) {
+        join(p, sizeof(p), path, "keys");
+        if (n->type == N_SEQ && n->n > 0) {
+            c->key_sha256 = calloc(n->n, sizeof(*c->key_sha256));
+            if (!c->key_sha256) {
+                L->d->oom = true;
+                return;
+            }
+            c->num_keys = n->n;
+            for (size_t i = 0; i < n->n; i++) {
+                char ip[192];
+                snprintf(ip, sizeof(ip), "%s[%zu]", p, i);
+                bool ok = rd_key_hash(L, &n->kids[i], ip, c->key_sha256[i]);
+                diag_where(L->d, &c->key_sha256[i], n->kids[i].line, !ok);
+            }
+        } else if (!(n->type == N_SEQ || is_null(n))) {
+            wrong(L, n, kl, p, "a list of keys like [\"sha256:<64 lowercase hex digits>\"]");
+        }
+    }
+}
+
+/* "100/s", "1000/m", "50000/h". */
+static bool parse_rate(const struct node *n, uint64_t *count, uint64_t *period_ms)
+{
+    if (n->type != N_SCALAR || is_null(n) || n->len < 3)
+        return false;
+    size_t d = strspn(n->s, "0123456789");
+    if (d == 0 || d > 10 || d + 2 != n->len || n->s[d] != '/')
+        return false;
+    switch (n->s[d + 1]) {
+    case 's':
+        *period_ms = 1000;
+        break;
+    case 'm':
+        *period_ms = 60000;
+        break;
+    case 'h':
+        *period_ms = 3600000;
+        break;
+    default:
+        return false;
+    }
+    *count = strtoull(n->s, NULL, 10);
+    return *count >= 1 && *count <= MAX_RATE;
+}
+
+static void load_redis(struct ld *L, const struct node *m, int line, const char *path,
+                       struct polis_redis_cfg *rd)
+{
+    static const char *const keys[] = {"address",       "timeout", "on_failure",
+                                       "password_file", "db",      NULL};
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, path, keys,
+                   "a mapping with address, timeout, on_failure, password_file and db")) {
+        diag_where(L->d, &rd->line, line, true);
+        return;
+    }
+    rd->line = line;
+    str_field(L, m, path, "address", "host:port like 127.0.0.1:6379", &rd->address);
+    NUM_FIELD(L, m, path, "timeout", UNIT_MS, 1, MAX_REDIS_TIMEOUT, rd->timeout_ms);
+    if ((n = get(m, "on_failure", &kl))) {
+        static const char *const modes[] = {"local", "open", "closed"};
+        char p[192];
+        size_t k = 0;
+        join(p, sizeof(p), path, "on_failure");
+        while (k < 3 && !scalar_eq(n, modes[k]))
+            k++;
+        if (k < 3)
+            rd->on_failure = (enum polis_redis_failure)k;
+        else
+            wrong(L, n, kl, p, "local, open or closed");
+        diag_where(L->d, &rd->on_failure, kl, k == 3);
+    }
+    str_field(L, m, path, "password_file", "a file path", &rd->password_file);
+    NUM_FIELD(L, m, path, "db", UNIT_NUM, 0, MAX_COUNT, rd->db);
+}
+
+static void load_rate_limit(struct ld *L, const struct node *m, size_t idx)
+{
+    static const char *const keys[] = {"name", "rate", "burst", "key", "backend", "redis", NULL};
+    struct polis_rate_limit_cfg *rl = &L->cfg->rate_limits[idx];
+    char path[48], p[160];
+    int kl = 0;
+    const struct node *n;
+
+    rl->line = m->line;
+    rl->period_ms = 1000;
+    rl->redis.timeout_ms = 50;
+    snprintf(path, sizeof(path), "rate_limits[%zu]", idx);
+    if (m->type != N_MAP) {
+        wrong(L, m, m->line, path, "a mapping with name and rate");
+        diag_where(L->d, &rl->name, m->line, true);
+        diag_where(L->d, &rl->count, m->line, true);
+        return;
+    }
+    map_check(L, m, m->line, path, keys, NULL);
+    str_field(L, m, path, "name", "a rate limit name", &rl->name);
+    if ((n = get(m, "rate", &kl))) {
+        join(p, sizeof(p), path, "rate");
+        bool ok = parse_rate(n, &rl->count, &rl->period_ms);
+        if (!ok) {
+            char expected[128];
+            snprintf(expected, sizeof(expected),
+                     "requests per period like 100/s, 1000/m or 50000/h, from 1 to %u requests",
+                     MAX_RATE);
+            wrong(L, n, kl, p, expected);
+        }
+        diag_where(L->d, &rl->count, kl, !ok);
+    }
+    NUM_FIELD(L, m, path, "burst", UNIT_NUM, 1, MAX_RATE, rl->burst);
+    if ((n = get(m, "key", &kl))) {
+        bool ok = true;
+        join(p, sizeof(p), path, "key");
+        if (scalar_eq(n, "client_ip")) {
+            rl->key = POLIS_RL_KEY_CLIENT_IP;
+        } else if (scalar_eq(n, "consumer")) {
+            rl->key = POLIS_RL_KEY_CONSUMER;
+        } else if (scalar_eq(n, "route")) {
+            rl->key = POLIS_RL_KEY_ROUTE;
+        } else if (n->type == N_SCALAR && n->len > 7 && memcmp(n->s, "header:", 7) == 0 &&
+                   !memchr(n->s, 0, n->len)) {
+            rl->key = POLIS_RL_KEY_HEADER;
+            rl->key_header = strdup(n->s + 7);
+            if (!rl->key_header)
+                L->d->oom = true;
+        } else {
+            ok = false;
+            wrong(L, n, kl, p, "consumer, client_ip, route or header:<name>");
+        }
+        diag_where(L->d, &rl->key, kl, !ok);
+    }
+    if ((n = get(m, "backend", &kl))) {
+        bool ok = true;
+        join(p, sizeof(p), path, "backend");
+        if (scalar_eq(n, "local"))
+            rl->backend = POLIS_RL_LOCAL;
+        else if (scalar_eq(n, "redis"))
+            rl->backend = POLIS_RL_REDIS;
+        else
+            ok = false;
+        if (!ok)
+            wrong(L, n, kl, p, "local or redis");
+        diag_where(L->d, &rl->backend, kl, !ok);
+    }
+    if ((n = get(m, "redis", &kl))) {
+        join(p, sizeof(p), path, "redis");
+        load_redis(L, n, kl, p, &rl->redis);
+    }
+}
+
+/* A list section of the top level whose items are mappings (consumers, rate_limits). */
+#define LOAD_LIST(L, root, key, expected, arr, num, load_one)                                      \
+    do {                                                                                           \
+        int kl_ = 0;                                                                               \
+        const struct node *n_ = get((root), (key), &kl_);                                          \
+        if (!n_)                                                                                   \
+            break;                                                                                 \
+        if (n_->type == N_SEQ && n_->n) {                                                          \
+            (arr) = calloc(n_->n, sizeof(*(arr)));                                                 \
+            if (!(arr)) {                                                                          \
+                (L)->d->oom = true;                                                                \
+                break;                                                                             \
+            }                                                                                      \
+            (num) = n_->n;                                                                         \
+            for (size_t i_ = 0; i_ < n_->n; i_++)                                                  \
+                load_one((L), &n_->kids[i_], i_);                                                  \
+        } else if (!(n_->type == N_SEQ || is_null(n_))) {                                          \
+            wrong((L), n_, kl_, (key), (expected));                                                \
+        }                                                                                          \
+    } while (0)
+
+/* The top-level security sections of root. */
+static void load_security(struct ld *L, const struct node *root)
+{
+    struct polis_config *cfg = L->cfg;
+    int kl = 0;
+    const struct node *n;
+
+    if ((n = get(root, "tls", &kl)))
+        load_tls(L, n, kl);
+    if ((n = get(root, "jwt", &kl)))
+        load_jwt(L, n, kl);
+    if ((n = get(root, "api_keys", &kl)))
+        load_api_keys(L, n, kl);
+    LOAD_LIST(L, root, "consumers", "a list of consumers", cfg->consumers, cfg->num_consumers,
+              load_consumer);
+    LOAD_LIST(L, root, "rate_limits", "a list of rate limits", cfg->rate_limits,
+              cfg->num_rate_limits, load_rate_limit);
+    if ((n = get(root, "trusted_proxies", &kl)))
+        load_cidrs(L, n, kl, "trusted_proxies", &cfg->trusted_proxies, &cfg->num_trusted_proxies);
+    if ((n = get(root, "access", &kl)))
+        load_access(L, n, kl, "access", &cfg->access);
+}
+
+static void load_consumer_rules(struct ld *L, const struct node *m, int line, const char *path,
+                                struct polis_consumer_rules_cfg *c)
+{
+    static const char *const keys[] = {"allow", "allow_groups", "deny", "deny_groups", NULL};
+    char p[192];
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, path, keys,
+                   "a mapping with allow, allow_groups, deny and deny_groups")) {
+        diag_where(L->d, c, line, true);
+        return;
+    }
+    diag_where(L->d, c, line, false);
+    if ((n = get(m, "allow", &kl))) {
+        join(p, sizeof(p), path, "allow");
+        load_refs(L, n, kl, p, true, false, "a list of consumer names like [alice]",
+                  "a consumer name", &c->allow, &c->num_allow);
+    }
+    if ((n = get(m, "deny", &kl))) {
+        join(p, sizeof(p), path, "deny");
+        load_refs(L, n, kl, p, true, false, "a list of consumer names like [bob]",
+                  "a consumer name", &c->deny, &c->num_deny);
+    }
+    strv_field(L, m, path, "allow_groups", true, "a list of group names like [gold]",
+               "a group name", &c->allow_groups, &c->num_allow_groups);
+    strv_field(L, m, path, "deny_groups", true, "a list of group names like [trial]",
+               "a group name", &c->deny_groups, &c->num_deny_groups);
+}
+
+/* A mapping of names to string values (claims to values, claims to headers) into *out. */
+static void load_pairs(struct ld *L, const struct node *n, int line, const char *path,
+                       const char *expected, const char *key_item, const char *value_item,
+                       struct polis_header_kv **out, size_t *num)
+{
+    if (n->type == N_MAP && n->n == 0) {
+        diag_add(L->d, line, "%s: empty; expected %s", path, expected);
+        return;
+    }
+    if (n->type != N_MAP) {
+        wrong(L, n, line, path, expected);
+        return;
+    }
+    map_check(L, n, line, path, NULL, expected);
+    *out = calloc(n->n / 2, sizeof(**out));
+    if (!*out) {
+        L->d->oom = true;
+        return;
+    }
+    *num = n->n / 2;
+    for (size_t i = 0; i < *num; i++) {
+        const struct node *k = &n->kids[2 * i], *v = &n->kids[2 * i + 1];
+        struct polis_header_kv *kv = &(*out)[i];
+        char vp[256];
+        bool ok = rd_str(L, k, k->line, path, key_item, &kv->name);
+        if (ok) {
+            join(vp, sizeof(vp), path, kv->name);
+            ok = rd_str(L, v, k->line, vp, value_item, &kv->value);
+        }
+        diag_where(L->d, kv, k->line, !ok);
+    }
+}
+
+/* A route's auth.jwt: true (any issuer, no rules), false, or a mapping of rules. */
+static void load_route_jwt(struct ld *L, const struct node *m, int line, const char *path,
+                           struct polis_auth_cfg *a)
+{
+    static const char *const keys[] = {"issuers",        "required_claims",     "scopes",
+                                       "forward_claims", "strip_authorization", NULL};
+    struct polis_route_jwt_cfg *j = &a->jwt_rules;
+    char p[192];
+    int kl = 0;
+    const struct node *n;
+
+    if (bool_of(m) >= 0) {
+        a->jwt = bool_of(m) == 1;
+        diag_where(L->d, &a->jwt, line, false);
+        return;
+    }
+    if (!map_check(L, m, line, path, keys, "true, or a mapping of token rules (issuers, ...)")) {
+        diag_where(L->d, &a->jwt, line, true);
+        return;
+    }
+    a->jwt = true;
+    diag_where(L->d, &a->jwt, line, false);
+    if ((n = get(m, "issuers", &kl))) {
+        join(p, sizeof(p), path, "issuers");
+        load_refs(L, n, kl, p, false, false, "a non-empty list of issuer names like [main]",
+                  "an issuer name", &j->issuers, &j->num_issuers);
+    }
+    if ((n = get(m, "required_claims", &kl))) {
+        join(p, sizeof(p), path, "required_claims");
+        load_pairs(L, n, kl, p, "a mapping of claims to required values, like {role: admin}",
+                   "a claim name", "a claim value (text)", &j->required_claims,
+                   &j->num_required_claims);
+    }
+    strv_field(L, m, path, "scopes", false, "a list of scopes like [orders:read]", "a scope",
+               &j->scopes, &j->num_scopes);
+    if ((n = get(m, "forward_claims", &kl))) {
+        join(p, sizeof(p), path, "forward_claims");
+        load_pairs(L, n, kl, p, "a mapping of claims to header names, like {sub: X-User-Id}",
+                   "a claim name", "a header name", &j->forward_claims, &j->num_forward_claims);
+    }
+    bool_field(L, m, path, "strip_authorization", &j->strip_authorization);
+}
+
+static void load_route_auth(struct ld *L, const struct node *m, int line, const char *path,
+                            struct polis_auth_cfg *a)
+{
+    static const char *const keys[] = {"jwt", "api_key",          "consumers",
+                                       "any", "forward_consumer", NULL};
+    char p[192];
+    int kl = 0;
+    const struct node *n;
+
+    if (!map_check(L, m, line, path, keys,
+                   "a mapping with jwt, api_key, consumers, any and forward_consumer"))
+        return;
+    bool bad = false;
+    if ((n = get(m, "jwt", &kl))) {
+        join(p, sizeof(p), path, "jwt");
+        load_route_jwt(L, n, kl, p, a);
+        bad |= reported(L->d, &a->jwt);
+    }
+    if (get(m, "api_key", &kl)) {
+        bool_field(L, m, path, "api_key", &a->api_key);
+        bad |= reported(L->d, &a->api_key);
+    }
+    if ((n = get(m, "consumers", &kl))) {
+        join(p, sizeof(p), path, "consumers");
+        load_consumer_rules(L, n, kl, p, &a->consumers);
+    }
+    bool_field(L, m, path, "any", &a->any);
+    str_field(L, m, path, "forward_consumer", "a header name like X-Consumer",
+              &a->forward_consumer);
+    if (!a->jwt && !a->api_key && !bad)
+        diag_add(L->d, line, "%s: no method; expected jwt, api_key or both", path);
+}
+
+static void load_cors(struct ld *L, const struct node *m, int line, const char *path,
+                      struct polis_cors_cfg *c)
+{
+    static const char *const keys[] = {"origins",     "methods", "headers", "expose_headers",
+                                       "credentials", "max_age", NULL};
+
+    if (!map_check(L, m, line, path, keys, "a mapping of CORS settings (origins, ...)")) {
+        diag_where(L->d, &c->enabled, line, true);
+        return;
+    }
+    c->enabled = true;
+    diag_where(L->d, &c->enabled, line, false);
+    strv_field(L, m, path, "origins", false, "a list of origins like [\"https://app.example\"]",
+               "an origin", &c->origins, &c->num_origins);
+    strv_field(L, m, path, "methods", true, "a list of methods like [GET, POST]", "a method",
+               &c->methods, &c->num_methods);
+    strv_field(L, m, path, "headers", true, "a list of header names like [Content-Type]",
+               "a header name", &c->headers, &c->num_headers);
+    strv_field(L, m, path, "expose_headers", true, "a list of header names like [X-Request-Id]",
+               "a header name", &c->expose_headers, &c->num_expose_headers);
+    bool_field(L, m, path, "credentials", &c->credentials);
+    NUM_FIELD(L, m, path, "max_age", UNIT_MS, 0, MAX_MS, c->max_age_ms);
+}
+
+/* A route's auth, rate_limit, cors and access. */
+static void load_route_security(struct ld *L, const struct node *m, const char *path,
+                                struct polis_route_cfg *r)
+{
+    char p[160];
+    int kl = 0;
+    const struct node *n;
+
+    if ((n = get(m, "auth", &kl))) {
+        join(p, sizeof(p), path, "auth");
+        load_route_auth(L, n, kl, p, &r->auth);
+    }
+    if ((n = get(m, "rate_limit", &kl))) {
+        join(p, sizeof(p), path, "rate_limit");
+        bool ok =
+            load_refs(L, n, kl, p, false, true, "a rate limit name or a non-empty list of names",
+                      "a rate limit name", &r->rate_limits, &r->num_rate_limits);
+        diag_where(L->d, &r->rate_limits, kl, !ok);
+    }
+    if ((n = get(m, "cors", &kl))) {
+        join(p, sizeof(p), path, "cors");
+        load_cors(L, n, kl, p, &r->cors);
+    }
+    if ((n = get(m, "access", &kl))) {
+        join(p, sizeof(p), path, "access");
+        load_access(L, n, kl, p, &r->access);
+    }
+}
+
 static void load_instance(struct ld *L, const struct node *n, const char *path,
                           struct polis_instance_cfg *in)
 {
@@ -2891,6 +4928,7 @@ static void load_cluster(struct ld *L, const struct node *m, size_t idx)
                                        "max_connections",
                                        "max_pending",
                                        "max_requests",
+                                       "tls",
                                        NULL};
     struct polis_cluster_cfg *c = &L->cfg->clusters[idx];
     char path[64], p[160];
@@ -2991,6 +5029,10 @@ static void load_cluster(struct ld *L, const struct node *m, size_t idx)
     NUM_FIELD(L, m, path, "max_connections", UNIT_NUM, 0, MAX_CONNECTIONS, c->max_connections);
     NUM_FIELD(L, m, path, "max_pending", UNIT_NUM, 0, MAX_CONNECTIONS, c->max_pending);
     NUM_FIELD(L, m, path, "max_requests", UNIT_NUM, 0, MAX_CONNECTIONS, c->max_requests);
+    if ((n = get(m, "tls", &kl))) {
+        join(p, sizeof(p), path, "tls");
+        load_upstream_tls(L, n, kl, p, &c->tls);
+    }
 
     if ((n = get(m, "instances", &kl))) {
         join(p, sizeof(p), path, "instances");
@@ -3308,6 +5350,10 @@ static void load_route(struct ld *L, const struct node *m, size_t idx)
                                        "retry",
                                        "retry_idempotency_key",
                                        "max_concurrent",
+                                       "auth",
+                                       "rate_limit",
+                                       "cors",
+                                       "access",
                                        NULL};
     struct polis_route_cfg *r = &L->cfg->routes[idx];
     char path[64], p[160];
@@ -3387,15 +5433,17 @@ static void load_route(struct ld *L, const struct node *m, size_t idx)
     }
     bool_field(L, m, path, "retry_idempotency_key", &r->retry_idempotency_key);
     NUM_FIELD(L, m, path, "max_concurrent", UNIT_NUM, 0, MAX_CONNECTIONS, r->max_concurrent);
+    load_route_security(L, m, path, r);
 }
 
 /* Returns false when the document is not a mapping (nothing else is worth checking then). */
 static bool load_root(struct ld *L, const struct node *root)
 {
     static const char *const keys[] = {
-        "workers",           "listen",    "admin",    "admin_token", "access_log",
-        "access_log_fields", "error_log", "limits",   "timeouts",    "tracing",
-        "clusters",          "routes",    "registry", NULL};
+        "workers",         "listen", "admin",    "admin_token", "access_log", "access_log_fields",
+        "error_log",       "limits", "timeouts", "tracing",     "clusters",   "routes",
+        "registry",        "tls",    "jwt",      "api_keys",    "consumers",  "rate_limits",
+        "trusted_proxies", "access", NULL};
     struct polis_config *cfg = L->cfg;
     int kl = 0;
     const struct node *n;
@@ -3444,6 +5492,7 @@ static bool load_root(struct ld *L, const struct node *root)
         load_tracing(L, n, kl);
     if ((n = get(root, "registry", &kl)))
         load_registry(L, n, kl);
+    load_security(L, root);
     if ((n = get(root, "clusters", &kl))) {
         if (n->type == N_SEQ && n->n) {
             cfg->clusters = calloc(n->n, sizeof(*cfg->clusters));

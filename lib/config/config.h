@@ -162,6 +162,249 @@ struct polis_mirror_cfg {
     size_t num_ignore_fields;
 };
 
+/* ---- Edge security ---------------------------------------------------------------------- */
+
+/* An IPv4 or IPv6 network: "10.0.0.0/8", "fd00::/8"; a bare address is one host (/32, /128). */
+struct polis_cidr {
+    int family;       /* AF_INET or AF_INET6 */
+    uint8_t addr[16]; /* the network in network byte order (IPv4: the first 4 bytes); host bits 0 */
+    uint8_t prefix;   /* 0..32 (IPv4) or 0..128 (IPv6) */
+};
+
+/* "10.0.0.0/8", "::1/128", "10.1.2.3" into out. Host bits past the prefix must be 0. Returns 0
+ * or POLIS_EINVAL. */
+int polis__cidr_parse(const char *s, struct polis_cidr *out);
+
+/* Whether the address (struct sockaddr_in or sockaddr_in6) is inside the network. An IPv4-mapped
+ * IPv6 address (::ffff:10.0.0.1) is compared as the IPv4 address; other families never match.
+ * Reads only its arguments: any thread may call it. */
+bool polis__cidr_match(const struct polis_cidr *net, const struct sockaddr *sa);
+
+/* IP allow and deny lists (top level: the peer at accept; a route: the client address). Both
+ * empty: everyone. deny wins over allow; a non-empty allow admits only its networks. */
+struct polis_access_cfg {
+    struct polis_cidr *allow;
+    size_t num_allow;
+    struct polis_cidr *deny;
+    size_t num_deny;
+};
+
+enum polis_tls_version { POLIS_TLS_1_2 = 0, POLIS_TLS_1_3 };
+
+enum polis_client_auth {
+    POLIS_CLIENT_AUTH_OFF = 0,  /* no client certificate asked for */
+    POLIS_CLIENT_AUTH_OPTIONAL, /* asked for; verified when sent; a client without one passes */
+    POLIS_CLIENT_AUTH_REQUIRED, /* a verified client certificate is needed to connect (mTLS) */
+};
+
+/* A certificate chain and its private key, PEM files (paths as written: relative ones are
+ * relative to the working directory). Checked readable at load, parsed by the runtime. */
+struct polis_tls_cert_cfg {
+    char *cert; /* the chain, leaf first */
+    char *key;
+    int line;
+};
+
+/* TLS termination on listen. Off (plain HTTP) unless the tls section is present. */
+struct polis_tls_cfg {
+    bool enabled;
+    struct polis_tls_cert_cfg *certs; /* at least one; chosen by SNI, the first is the default */
+    size_t num_certs;
+    enum polis_tls_version min_version; /* 1.2 */
+    char **alpn;                        /* protocols offered: "http/1.1" (filled by validation) */
+    size_t num_alpn;
+    bool session_tickets;               /* resumption by tickets (else by session IDs): true */
+    uint64_t session_timeout_ms;        /* how long a session may be resumed: 5 min */
+    enum polis_client_auth client_auth; /* off */
+    char *client_ca;       /* PEM CAs that sign client certificates; required unless off */
+    char *forward_subject; /* header carrying the verified client subject to services, always
+                              removed from clients' requests: "X-Client-Subject" (filled by
+                              validation) */
+};
+
+/* TLS from the gateway to a cluster's instances. Off unless the cluster's tls is present. */
+struct polis_upstream_tls_cfg {
+    bool enabled;
+    char *ca;          /* PEM CAs trusted for the instances; NULL: the system's store */
+    bool verify;       /* verify the instance's certificate and name: true */
+    char *server_name; /* sent as SNI and verified; NULL: the instance's host */
+    char *cert;        /* client certificate (mTLS to services), with key; NULL: none */
+    char *key;
+};
+
+/* JWT signature algorithms (RFC 7518 names); "none" has no value on purpose. */
+enum polis_jwt_alg {
+    POLIS_JWT_HS256 = 0,
+    POLIS_JWT_HS384,
+    POLIS_JWT_HS512,
+    POLIS_JWT_RS256,
+    POLIS_JWT_RS384,
+    POLIS_JWT_RS512,
+    POLIS_JWT_PS256,
+    POLIS_JWT_ES256,
+    POLIS_JWT_ES384,
+    POLIS_JWT_EDDSA,
+    POLIS_JWT__COUNT
+};
+/* Their names ("HS256", ..., "EdDSA"), indexed by enum polis_jwt_alg. */
+extern const char *const polis__jwt_alg_names[POLIS_JWT__COUNT];
+/* The HMAC algorithms, as bits (1u << POLIS_JWT_*). */
+#define POLIS_JWT_HMAC_BITS                                                                        \
+    ((1u << POLIS_JWT_HS256) | (1u << POLIS_JWT_HS384) | (1u << POLIS_JWT_HS512))
+
+/* One verification key of an issuer: a PEM public key (file) or an HMAC secret (secret_file:
+ * the file's bytes), never both; pinned to one algorithm. */
+struct polis_jwt_key_cfg {
+    char *file;             /* RSA, EC or Ed25519 public key, PEM; not with HS* */
+    char *secret_file;      /* only with HS* */
+    char *kid;              /* matched against the token's kid; NULL: keys tried by algorithm */
+    enum polis_jwt_alg alg; /* required; one of the issuer's algorithms */
+    int line;
+};
+
+/* A token issuer: which tokens are accepted and with which keys. */
+struct polis_jwt_issuer_cfg {
+    char *name;       /* what routes refer to */
+    char *issuer;     /* the iss claim required, compared exactly */
+    char **audiences; /* aud must hold one of them; NULL/0: aud is not checked */
+    size_t num_audiences;
+    uint32_t algorithms; /* accepted, bits (1u << POLIS_JWT_*); at least one */
+    struct polis_jwt_key_cfg *keys;
+    size_t num_keys;
+    char *jwks_file;              /* a JWK Set file, read at load and on reload */
+    char *jwks_url;               /* https:// only; fetched, cached, refreshed */
+    char *jwks_ca;                /* PEM CAs for jwks_url; NULL: the system's store */
+    uint64_t jwks_refresh_ms;     /* refetch jwks_url this often: 10 min */
+    uint64_t jwks_min_refresh_ms; /* but no sooner than this after the last fetch, even on an
+                                     unknown kid: 30 s */
+    uint64_t leeway_ms;           /* clock skew allowed on exp, nbf and iat: 30 s */
+    bool require_exp;             /* a token without exp is refused: true */
+    int line;
+};
+
+struct polis_jwt_cfg {
+    uint32_t cache_size; /* verified tokens cached per gateway (each until its exp): 10000; 0: no
+                            cache */
+    struct polis_jwt_issuer_cfg *issuers;
+    size_t num_issuers;
+};
+
+/* Where clients send API keys. */
+struct polis_api_keys_cfg {
+    char *header; /* "X-API-Key" (filled by validation) */
+    char *query;  /* a query parameter also read; NULL: none */
+};
+
+/* A consumer of the API, known by its keys (stored as SHA-256 digests, never in clear). */
+struct polis_consumer_cfg {
+    char *name;
+    char **groups;
+    size_t num_groups;
+    uint8_t (*key_sha256)[32]; /* the SHA-256 of each key; NULL/0: none (JWT only, or admin API) */
+    size_t num_keys;
+    int line;
+};
+
+/* A name that refers to an entry of another list; index is filled by validation. */
+struct polis_name_ref {
+    char *name;
+    size_t index;
+};
+
+enum polis_rl_key {
+    POLIS_RL_KEY_CLIENT_IP = 0, /* the client address (through trusted_proxies) */
+    POLIS_RL_KEY_CONSUMER,      /* the consumer (API key), else the token's iss and sub */
+    POLIS_RL_KEY_ROUTE,         /* one bucket per route */
+    POLIS_RL_KEY_HEADER,        /* a header's value (key_header); absent: one shared count */
+};
+
+enum polis_rl_backend {
+    POLIS_RL_LOCAL = 0, /* exact across the workers of one gateway */
+    POLIS_RL_REDIS,     /* shared by gateways through redis */
+};
+
+/* What a redis-backed limit does while redis cannot be reached. */
+enum polis_redis_failure {
+    POLIS_REDIS_FAIL_LOCAL = 0, /* limit locally, per gateway, until redis answers again */
+    POLIS_REDIS_FAIL_OPEN,      /* let every request through */
+    POLIS_REDIS_FAIL_CLOSED,    /* refuse every request (429) */
+};
+
+struct polis_redis_cfg {
+    char *address;       /* "host:port" as written (the runtime resolves and connects) */
+    uint64_t timeout_ms; /* connect and each command: 50 ms */
+    enum polis_redis_failure on_failure; /* local */
+    char *password_file;                 /* AUTH with the file's first line; NULL: no AUTH */
+    uint32_t db;                         /* SELECT: 0 */
+    int line;                            /* where redis was written (0: in code) */
+};
+
+/* A named rate limit: count requests per period, with a burst, per key. */
+struct polis_rate_limit_cfg {
+    char *name;
+    uint64_t count;     /* requests ... */
+    uint64_t period_ms; /* ... per 1 s, 1 min or 1 h */
+    uint64_t burst;     /* requests allowed at once above the steady rate: count (filled) */
+    enum polis_rl_key key;
+    char *key_header; /* POLIS_RL_KEY_HEADER: the header's name */
+    enum polis_rl_backend backend;
+    struct polis_redis_cfg redis; /* POLIS_RL_REDIS only */
+    int line;
+};
+
+/* A route's JWT rules. */
+struct polis_route_jwt_cfg {
+    struct polis_name_ref *issuers; /* NULL/0: any issuer under jwt.issuers */
+    size_t num_issuers;
+    struct polis_header_kv *required_claims; /* claim name: value (a string, or in an array) */
+    size_t num_required_claims;
+    char **scopes; /* every one in the token's scope (space-separated) or scp (array) */
+    size_t num_scopes;
+    struct polis_header_kv *forward_claims; /* claim name: header name sent to the service */
+    size_t num_forward_claims;
+    bool strip_authorization; /* remove Authorization before the service: false */
+};
+
+/* Which consumers a route admits (by name or group). deny wins; a non-empty allow or allow_groups
+ * admits only those. */
+struct polis_consumer_rules_cfg {
+    struct polis_name_ref *allow;
+    size_t num_allow;
+    char **allow_groups;
+    size_t num_allow_groups;
+    struct polis_name_ref *deny;
+    size_t num_deny;
+    char **deny_groups;
+    size_t num_deny_groups;
+};
+
+/* A route's authentication. Off when neither jwt nor api_key is set. */
+struct polis_auth_cfg {
+    bool jwt; /* a valid token is needed (rules in jwt_rules) */
+    struct polis_route_jwt_cfg jwt_rules;
+    bool api_key; /* a consumer's key is needed */
+    bool any;     /* jwt and api_key both set: either suffices (false: both are needed) */
+    struct polis_consumer_rules_cfg consumers;
+    char *forward_consumer; /* header with the consumer's name: "X-Consumer" (filled by
+                               validation when api_key is set) */
+};
+
+/* CORS for a route: preflights answered by the gateway, headers added to responses. Off unless
+ * the cors section is present. */
+struct polis_cors_cfg {
+    bool enabled;
+    char **origins; /* "*" alone, or "scheme://host[:port]" each */
+    size_t num_origins;
+    char **methods; /* allowed; NULL/0: GET, HEAD, POST */
+    size_t num_methods;
+    char **headers; /* request headers allowed; NULL/0: only CORS-safelisted ones */
+    size_t num_headers;
+    char **expose_headers; /* response headers shown to scripts; NULL/0: none */
+    size_t num_expose_headers;
+    bool credentials;    /* Access-Control-Allow-Credentials: false; never with "*" */
+    uint64_t max_age_ms; /* Access-Control-Max-Age (in s); 0: not sent */
+};
+
 struct polis_cluster_cfg {
     char *name;
     enum polis_lb_kind lb;
@@ -184,6 +427,7 @@ struct polis_cluster_cfg {
     uint32_t max_pending;     /* requests waiting for a new upstream connection */
     uint32_t max_requests;    /* requests in flight */
     int line;                 /* where it was defined (0 for quick mode) */
+    struct polis_upstream_tls_cfg tls;
 };
 
 struct polis_header_ops {
@@ -235,6 +479,11 @@ struct polis_route_cfg {
     struct polis_retry_cfg *retry; /* NULL: the cluster's */
     bool retry_idempotency_key; /* a non-idempotent request with Idempotency-Key may be retried */
     uint32_t max_concurrent;    /* requests in flight on this route (all workers); 0: no cap */
+    struct polis_auth_cfg auth;
+    struct polis_name_ref *rate_limits; /* every one applies; NULL/0: none */
+    size_t num_rate_limits;
+    struct polis_cors_cfg cors;
+    struct polis_access_cfg access; /* on the client address (through trusted_proxies) */
     int line;
 };
 
@@ -244,6 +493,8 @@ struct polis_limits_cfg {
     size_t max_headers;       /* default 100 */
     uint64_t max_body;        /* default 64 MiB: 413 past it */
     uint32_t max_connections; /* per worker, default 100000 */
+    uint32_t max_connections_per_ip; /* open connections of one peer address, all workers; 0: no
+                                        cap (default) */
 };
 
 struct polis_timeouts_cfg {
@@ -288,6 +539,17 @@ struct polis_config {
     size_t num_clusters;
     struct polis_route_cfg *routes;
     size_t num_routes;
+    /* Edge security: all off when absent. */
+    struct polis_tls_cfg tls;
+    struct polis_jwt_cfg jwt;
+    struct polis_api_keys_cfg api_keys;
+    struct polis_consumer_cfg *consumers;
+    size_t num_consumers;
+    struct polis_rate_limit_cfg *rate_limits;
+    size_t num_rate_limits;
+    struct polis_cidr *trusted_proxies; /* peers whose X-Forwarded-For/Forwarded are believed */
+    size_t num_trusted_proxies;
+    struct polis_access_cfg access; /* on the peer address, at accept */
 };
 
 /* The access log's fields, in the order they are written. */

@@ -8,6 +8,11 @@
 #include "resil/breaker.h"
 #include "resil/outlier.h"
 #include "resil/retry.h"
+#include "security/apikey.h"
+#include "security/cidr.h"
+#include "security/clientip.h"
+#include "security/pathnorm.h"
+#include "security/ratelimit.h"
 #include <polis/http.h>
 #include <polis/metrics.h>
 
@@ -115,13 +120,47 @@ struct gw_cstate {
     struct gw_cstate *next;
 };
 
+/* A route's edge security, compiled (edge.c). */
+struct gw_route_sec {
+    struct polis_cidr_list *allow, *deny; /* on the client address; NULL: none */
+    struct polis_consumer_acl acl;
+    const char **acl_allow, **acl_deny; /* the ACL's name arrays */
+    size_t *limits;                     /* indexes into gw_sec.limiters */
+    size_t num_limits;
+    const char **owned; /* identity headers the gateway sets: clients' copies are dropped */
+    size_t num_owned;
+};
+
+/* A configuration's edge security, compiled once per configuration (edge.c). */
+struct gw_sec {
+    struct polis_cidr_list *allow, *deny, *trusted; /* NULL: none */
+    struct polis_clientip_cfg clientip;
+    struct polis_consumers *consumers;
+    struct polis_ratelimit **limiters;    /* [num_rate_limits] */
+    struct polis_ratelimit_redis **redis; /* [num_rate_limits]: the ones owned, or NULL */
+    struct gw_route_sec *routes;          /* [num_routes] */
+};
+
 /* A configuration shared by the snapshots built from it (a discovery change makes a new snapshot
  * of the same configuration). */
 struct gw_cfgref {
     struct polis_config *cfg;
     atomic_int refs;
     atomic_uint *route_active; /* [num_routes]: requests in flight per route (max_concurrent) */
+    struct gw_sec sec;
 };
+
+/* Open connections per client address, over all workers (limits.max_connections_per_ip). take:
+ * count one more unless cap is reached (false: refuse it); put: one fewer. Any thread. */
+struct gw_ipcount;
+struct gw_ipcount *polis__ipcount_new(void);
+void polis__ipcount_free(struct gw_ipcount *t);
+bool polis__ipcount_take(struct gw_ipcount *t, const struct polis_ip *ip, uint32_t cap);
+void polis__ipcount_put(struct gw_ipcount *t, const struct polis_ip *ip);
+
+/* Compile and free a configuration's edge security (edge.c). */
+int polis__edge_compile(struct gw_cfgref *cref);
+void polis__edge_free(struct gw_cfgref *cref);
 
 /* A balancer over some instances of one cluster: all of them, or a subset by metadata. */
 struct gw_group {
@@ -200,6 +239,8 @@ struct gw_worker {
     struct gw_wsnap *cur;         /* the snapshot new requests use */
     struct gw_wsnap *old;         /* older snapshots with requests still in flight */
     struct polis_h1_header *hdrs; /* parse scratch, hdrs_cap entries */
+    char *pathbuf;                /* the normalised path of the request being started */
+    size_t pathbuf_cap;
     size_t hdrs_cap;
     struct gw_dconn *conns; /* every client connection */
     size_t num_conns;
@@ -249,6 +290,7 @@ struct polis_gateway {
     struct polis_hc *hc;             /* active health checks, or NULL */
     struct polis_registry *registry; /* the embedded registry, or NULL */
     bool upstream_ready;             /* polis__upstream_init() succeeded */
+    struct gw_ipcount *ipcount;      /* connections per client address */
     int snap_workers;                /* workers every snapshot is built for */
     atomic_uint_fast64_t version;
     struct gw_worker *workers;

@@ -58,6 +58,11 @@ struct gw_req {
     bool waiting;             /* a fault delay or a retry backoff runs: no connection yet */
     bool repick;              /* when the wait ends, pick another instance (a retry) */
     struct gw_mirror *mirror; /* this request's mirror, until the primary answer ends */
+    /* Edge security. */
+    const struct polis_consumer *consumer; /* who the request is from (API key), or NULL */
+    const char *www_auth;                  /* for a 401 of the gateway's own */
+    char rl_hdr[192];                      /* RateLimit-* lines for the answer, or "" */
+    uint8_t rl_len;
     struct gw_uconn *up;
     struct polis_buf hbuf; /* the head sent upstream (kept for a replay on a stale connection) */
     size_t hsent;
@@ -114,6 +119,8 @@ struct gw_dconn {
     size_t scan;
     uint8_t state;
     bool can_read, can_write, close_after, peer_eof;
+    bool ip_counted; /* counted in the gateway's connections per address */
+    struct polis_ip peer;
     char ip[INET6_ADDRSTRLEN];
     uint8_t ip_len;
     struct gw_req r;
@@ -311,6 +318,8 @@ static void d_free(struct gw_dconn *c)
     polis_buf_free(&c->r.hbuf);
     polis_buf_free(&c->r.dhead);
     polis_buf_free(&c->r.log);
+    if (c->ip_counted)
+        polis__ipcount_put(wk->gw->ipcount, &c->peer);
     if (c->prev != NULL)
         c->prev->next = c->next;
     else
@@ -352,8 +361,27 @@ static void d_start(struct gw_worker *wk, const struct polis_io *io,
     else if (ss->ss_family == AF_INET6)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, c->ip, sizeof(c->ip));
     c->ip_len = (uint8_t)strlen(c->ip);
+    if (polis__ip_from_sockaddr((const struct sockaddr *)ss, &c->peer) == 0) {
+        /* At accept: the configuration's access lists and the cap per address. */
+        const struct gw_sec *sec = &wk->cur->snap->cref->sec;
+        if ((sec->allow != NULL || sec->deny != NULL) &&
+            !polis__ip_acl_allows(sec->allow, sec->deny, &c->peer)) {
+            free(c);
+            goto refuse;
+        }
+        uint32_t cap = cfg->limits.max_connections_per_ip;
+        if (cap > 0 && wk->gw->ipcount != NULL) {
+            if (!polis__ipcount_take(wk->gw->ipcount, &c->peer, cap)) {
+                free(c);
+                goto refuse;
+            }
+            c->ip_counted = true;
+        }
+    }
     if (io->fd >= 0 &&
         polis_loop_add(wk->loop, &c->w, io->fd, POLIS_EV_READ | POLIS_EV_WRITE, d_event) < 0) {
+        if (c->ip_counted)
+            polis__ipcount_put(wk->gw->ipcount, &c->peer);
         free(c);
         goto refuse;
     }
@@ -831,6 +859,8 @@ static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
     struct gw_req *r = &c->r;
     struct polis_buf *b = &r->hbuf;
     const struct polis_route_cfg *rt = r->route;
+    const struct gw_route_sec *rs =
+        rt != NULL ? &r->ws->snap->cref->sec.routes[r->route_idx] : NULL;
     char pathbuf[8192];
     size_t plen = path.len;
     const char *pp = path.p;
@@ -879,6 +909,9 @@ static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
         if (rt != NULL && rt->request_headers.num_remove > 0 &&
             name_in(h->name, rt->request_headers.remove, rt->request_headers.num_remove))
             continue;
+        if (rs != NULL && rs->num_owned > 0 &&
+            name_in(h->name, (char *const *)rs->owned, rs->num_owned))
+            continue; /* only the gateway says who the client is */
         if (r->traced && h->id == POLIS_HDR_OTHER && is_name(h->name, "traceparent", 11))
             continue; /* ours replaces it */
         append_str(b, h->name);
@@ -927,6 +960,9 @@ static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
         polis_traceparent_format(&r->trace, tp);
         polis_buf_append(b, tp, POLIS_TRACEPARENT_LEN);
         APPEND_LIT(b, "\r\n");
+    }
+    if (r->consumer != NULL && rt->auth.forward_consumer != NULL) {
+        polis_buf_printf(b, "%s: %s\r\n", rt->auth.forward_consumer, r->consumer->name);
     }
     if (rt != NULL)
         append_header_ops(b, &rt->request_headers);
@@ -984,6 +1020,8 @@ static int build_client_head(struct gw_dconn *c, const struct polis_h1_msg *m, b
         APPEND_LIT(b, "\r\n");
         if (rt != NULL)
             append_header_ops(b, &rt->response_headers);
+        if (r->rl_len > 0)
+            polis_buf_append(b, r->rl_hdr, r->rl_len);
     }
     int rc = APPEND_LIT(b, "\r\n");
     return rc < 0 ? POLIS_ETOOBIG : 0;
@@ -1011,6 +1049,10 @@ static void error_response(struct gw_dconn *c, int status, const char *code, con
                      c->close_after ? "Connection: close\r\n" : "");
     if (r->retry_after_s > 0)
         polis_buf_printf(b, "Retry-After: %u\r\n", r->retry_after_s);
+    if (r->www_auth != NULL)
+        polis_buf_printf(b, "WWW-Authenticate: %s\r\n", r->www_auth);
+    if (r->rl_len > 0)
+        polis_buf_append(b, r->rl_hdr, r->rl_len);
     APPEND_LIT(b, "\r\n");
     if (!r->head_request)
         polis_buf_append(b, body, (size_t)n);
@@ -1309,6 +1351,157 @@ static bool retry_schedule(struct gw_dconn *c, unsigned on)
     return true;
 }
 
+/* ---- Edge security: client address, access lists, API keys, consumers, rate limits ---------- */
+
+/* The value of query parameter name in query (first occurrence, not decoded), or false. */
+static bool query_param(struct polis_str query, const char *name, struct polis_str *out)
+{
+    size_t nlen = strlen(name);
+    const char *p = query.p, *end = query.p + query.len;
+    while (p != NULL && p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp != NULL ? amp : end;
+        if ((size_t)(e - p) > nlen && p[nlen] == '=' && memcmp(p, name, nlen) == 0) {
+            *out = (struct polis_str){p + nlen + 1, (size_t)(e - p - nlen - 1)};
+            return true;
+        }
+        p = amp != NULL ? amp + 1 : NULL;
+    }
+    return false;
+}
+
+/* The request's API key: the configured header, else the query parameter. */
+static bool api_key_of(const struct polis_config *cfg, const struct polis_h1_msg *m,
+                       struct polis_str query, struct polis_str *key)
+{
+    const char *h = cfg->api_keys.header != NULL ? cfg->api_keys.header : "X-API-Key";
+    struct polis_str hn = {h, strlen(h)};
+    for (size_t i = 0; i < m->num_headers; i++) {
+        if (polis_str_caseeq(m->headers[i].name, hn)) {
+            *key = m->headers[i].value;
+            return key->len > 0;
+        }
+    }
+    return cfg->api_keys.query != NULL && query.p != NULL &&
+           query_param(query, cfg->api_keys.query, key) && key->len > 0;
+}
+
+/* The client's address: the peer, or what trusted proxies say it is. */
+static void client_ip(const struct gw_dconn *c, const struct polis_h1_msg *m,
+                      const struct gw_sec *sec, struct polis_ip *out)
+{
+    struct polis_ip peer = c->peer;
+    if (sec->trusted == NULL) {
+        *out = peer;
+        return;
+    }
+    struct polis_str vals[16];
+    size_t nv = 0;
+    for (size_t i = 0; i < m->num_headers && nv < 16; i++)
+        if (m->headers[i].id == POLIS_HDR_X_FORWARDED_FOR)
+            vals[nv++] = m->headers[i].value;
+    struct polis_clientip ci;
+    polis__clientip_resolve(&sec->clientip, &peer, vals, nv, &ci);
+    *out = ci.ip;
+}
+
+/* The key a rate limit counts a request under. */
+static size_t limit_key(const struct gw_dconn *c, const struct polis_h1_msg *m,
+                        const struct polis_rate_limit_cfg *lc, const struct polis_ip *ip,
+                        const char **out)
+{
+    const struct gw_req *r = &c->r;
+    switch (lc->key) {
+    case POLIS_RL_KEY_CONSUMER:
+        if (r->consumer != NULL) {
+            *out = r->consumer->name;
+            return strlen(r->consumer->name);
+        }
+        break; /* no consumer: by client address */
+    case POLIS_RL_KEY_ROUTE:
+        *out = r->route->name;
+        return strlen(r->route->name);
+    case POLIS_RL_KEY_HEADER:
+        for (size_t i = 0; i < m->num_headers; i++) {
+            if (polis_str_caseeq(m->headers[i].name,
+                                 (struct polis_str){lc->key_header, strlen(lc->key_header)})) {
+                *out = m->headers[i].value.p;
+                return m->headers[i].value.len;
+            }
+        }
+        *out = "";
+        return 0;
+    default:
+        break;
+    }
+    *out = (const char *)ip->a;
+    return ip->family == AF_INET ? 4 : 16;
+}
+
+/* Access lists, authentication and rate limits of the request's route. Returns false when an
+ * answer was prepared (403, 401, 429 or 503). */
+static bool edge_check(struct gw_dconn *c, const struct polis_h1_msg *m, struct polis_str query)
+{
+    struct gw_req *r = &c->r;
+    const struct polis_config *cfg = r->ws->snap->cfg;
+    const struct gw_sec *sec = &r->ws->snap->cref->sec;
+    const struct gw_route_sec *rs = &sec->routes[r->route_idx];
+    const struct polis_route_cfg *rt = r->route;
+    struct polis_ip ip;
+    bool need_ip = rs->allow != NULL || rs->deny != NULL || rs->num_limits > 0;
+    if (need_ip)
+        client_ip(c, m, sec, &ip);
+    if ((rs->allow != NULL || rs->deny != NULL) &&
+        !polis__ip_acl_allows(rs->allow, rs->deny, &ip)) {
+        error_response(c, 403, "forbidden", "the client address is not allowed on this route");
+        return false;
+    }
+    if (rt->auth.api_key || rt->auth.jwt) {
+        struct polis_str key;
+        bool key_ok = false, jwt_ok = false;
+        if (rt->auth.api_key && api_key_of(cfg, m, query, &key)) {
+            r->consumer = polis__consumers_lookup_key(sec->consumers, key);
+            key_ok = r->consumer != NULL;
+        }
+        bool ok = rt->auth.any ? key_ok || jwt_ok
+                               : (!rt->auth.api_key || key_ok) && (!rt->auth.jwt || jwt_ok);
+        if (!ok) {
+            r->www_auth = rt->auth.jwt ? "Bearer realm=\"polis\"" : "ApiKey realm=\"polis\"";
+            error_response(c, 401, "unauthorized", "valid credentials are required");
+            return false;
+        }
+        if (!polis__consumer_acl_allows(&rs->acl, r->consumer)) {
+            error_response(c, 403, "forbidden", "this consumer may not use this route");
+            return false;
+        }
+    }
+    uint64_t now = polis_loop_now(c->wk->loop);
+    uint32_t best = UINT32_MAX;
+    for (size_t k = 0; k < rs->num_limits; k++) {
+        const struct polis_rate_limit_cfg *lc = &cfg->rate_limits[rs->limits[k]];
+        const char *kp;
+        size_t kl = limit_key(c, m, lc, &ip, &kp);
+        struct polis_ratelimit_decision d;
+        polis__ratelimit_check(sec->limiters[rs->limits[k]], kp, kl, now, &d);
+        if (d.headers && (!d.allowed || d.remaining < best)) {
+            best = d.remaining;
+            int n = polis__ratelimit_headers(&d, r->rl_hdr, sizeof(r->rl_hdr));
+            r->rl_len = n > 0 && (size_t)n < sizeof(r->rl_hdr) ? (uint8_t)n : 0;
+        }
+        if (!d.allowed) {
+            /* polis__ratelimit_headers() wrote Retry-After among the lines when it knew it. */
+            if (!d.headers && d.retry_after_ms > 0)
+                r->retry_after_s = (uint32_t)polis__ratelimit_secs(d.retry_after_ms);
+            error_response(c, d.status ? d.status : 429,
+                           d.status == 503 ? "rate_limit_unavailable" : "rate_limited",
+                           d.status == 503 ? "the rate limit cannot be checked now"
+                                           : "too many requests");
+            return false;
+        }
+    }
+    return true;
+}
+
 /* ---- Request start --------------------------------------------------------------------------- */
 
 /* RFC 9110 9.2.2: may be sent again after a connection broke without changing the outcome. */
@@ -1451,6 +1644,19 @@ static int req_start(struct gw_dconn *c, const struct polis_h1_msg *m, size_t he
 
     struct polis_str path, query;
     split_target(m->target, &path, &query);
+    /* Routing, authentication and the upstream all see one spelling of the path. */
+    size_t need = 3 * path.len + 1;
+    if (need > wk->pathbuf_cap) {
+        char *nb = realloc(wk->pathbuf, need);
+        if (nb != NULL) {
+            wk->pathbuf = nb;
+            wk->pathbuf_cap = need;
+        }
+    }
+    size_t nlen = 0;
+    enum polis_path_reason why = POLIS_PATH_TOO_LONG;
+    bool path_ok = need <= wk->pathbuf_cap &&
+                   polis__path_normalize(path, 0, wk->pathbuf, wk->pathbuf_cap, &nlen, &why) == 0;
     struct polis_str host = {NULL, 0};
     int hi = m->hdr_index[POLIS_HDR_HOST];
     if (hi >= 0)
@@ -1472,6 +1678,12 @@ static int req_start(struct gw_dconn *c, const struct polis_h1_msg *m, size_t he
     polis_buf_consume(&c->in, head_len);
     c->scan = 0;
 
+    if (!path_ok) {
+        r->req_done = r->req_mode == BODY_NONE;
+        error_response(c, 400, "bad_path", polis__path_reason_name(why));
+        return DONE;
+    }
+    path = (struct polis_str){wk->pathbuf, nlen};
     int ri = polis__router_match(s->router, host, path, m->method, m);
     if (ri < 0) {
         r->req_done = r->req_mode == BODY_NONE;
@@ -1491,7 +1703,7 @@ static int req_start(struct gw_dconn *c, const struct polis_h1_msg *m, size_t he
     r->cluster_idx = r->route->cluster_index;
     r->cluster = &cfg->clusters[r->cluster_idx];
     r->cs = s->clusters[r->cluster_idx].cs;
-    if (!admit(c, m))
+    if (!edge_check(c, m, query) || !admit(c, m))
         return DONE;
     struct polis_str key = {NULL, 0};
     if (r->cluster->lb == POLIS_LB_HASH)

@@ -20,6 +20,12 @@ struct gw_cfgref *polis__cfgref_new(struct polis_config *cfg)
     }
     r->cfg = cfg;
     atomic_init(&r->refs, 1);
+    if (polis__edge_compile(r) < 0) {
+        polis__edge_free(r);
+        free(r->route_active);
+        free(r);
+        return NULL;
+    }
     return r;
 }
 
@@ -27,6 +33,7 @@ void polis__cfgref_unref(struct gw_cfgref *r)
 {
     if (r == NULL || atomic_fetch_sub(&r->refs, 1) != 1)
         return;
+    polis__edge_free(r);
     polis__config_free(r->cfg);
     free(r->route_active);
     free(r);

@@ -266,6 +266,7 @@ static void worker_free(struct gw_worker *wk)
         free(p);
     }
     free(wk->hdrs);
+    free(wk->pathbuf);
     polis_block_put(wk->spare);
     wk->spare = NULL;
     polis_buf_free(&wk->alog);
@@ -384,6 +385,7 @@ static void gateway_free(struct polis_gateway *gw)
     if (gw->tracer != NULL) /* every worker has stopped: nobody submits any more */
         polis_tracer_stop(gw->tracer);
     polis__gw_metrics_free(&gw->metrics); /* the workers' shards go with it */
+    polis__ipcount_free(gw->ipcount);
     free(gw);
 }
 
@@ -396,6 +398,7 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
     gw->started_unix = (uint64_t)time(NULL);
     atomic_init(&gw->loaded_unix, gw->started_unix);
     gw->snap_workers = n;
+    gw->ipcount = polis__ipcount_new();
     atomic_init(&gw->alog_fd, -1);
     gw->elog_fd = -1;
     pthread_mutex_init(&gw->snap_lock, NULL);
@@ -414,6 +417,7 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
         }
         polis__gw_metrics_free(&gw->metrics);
         polis__config_free(cfg);
+        polis__ipcount_free(gw->ipcount);
         free(gw);
         return rc;
     }

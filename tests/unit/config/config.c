@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -361,10 +362,12 @@ static void test_unknown_keys(void **state)
     expect_error(LISTEN "listn: \":80\"\n",
                  "t.yaml:2: unknown key 'listn'; expected one of: workers, listen, admin, "
                  "admin_token, access_log, access_log_fields, error_log, limits, timeouts, "
-                 "tracing, clusters, routes, registry");
+                 "tracing, clusters, routes, registry, tls, jwt, api_keys, consumers, "
+                 "rate_limits, trusted_proxies, access");
     expect_error(LISTEN "limits:\n  max_bdy: 1\n",
                  "t.yaml:3: limits: unknown key 'max_bdy'; expected one of: max_request_line, "
-                 "max_header_bytes, max_headers, max_body, max_connections");
+                 "max_header_bytes, max_headers, max_body, max_connections, "
+                 "max_connections_per_ip");
     expect_error(LISTEN "timeouts: { iddle: 5s }\n",
                  "t.yaml:2: timeouts: unknown key 'iddle'; expected one of: header_read, "
                  "body_read, idle, request, drain");
@@ -372,7 +375,7 @@ static void test_unknown_keys(void **state)
                  "t.yaml:5: clusters[0]: unknown key 'weight'; expected one of: name, balance, "
                  "hash_on, keepalive, instances, connect_timeout, timeout, discovery, "
                  "health_check, outlier_detection, circuit_breaker, instance_circuit_breaker, "
-                 "retry, panic_threshold, max_connections, max_pending, max_requests");
+                 "retry, panic_threshold, max_connections, max_pending, max_requests, tls");
     expect_error(LISTEN CLUSTER "routes:\n  - cluster: users\n    match: { hots: a }\n",
                  "t.yaml:7: routes[0].match: unknown key 'hots'; expected one of: host, path, "
                  "prefix, methods, headers, cookies");
@@ -380,7 +383,7 @@ static void test_unknown_keys(void **state)
                  "t.yaml:7: routes[0]: unknown key 'clster'; expected one of: name, match, "
                  "cluster, strip_prefix, rewrite, max_body, timeout, request_headers, "
                  "response_headers, subset, split, fault, mirror, retry, retry_idempotency_key, "
-                 "max_concurrent");
+                 "max_concurrent, auth, rate_limit, cors, access");
     expect_error(LISTEN CLUSTER
                  "routes:\n  - cluster: users\n    request_headers: { ad: { A: b } }\n",
                  "t.yaml:7: routes[0].request_headers: unknown key 'ad'; expected one of: add, "
@@ -841,7 +844,8 @@ static void test_multiple_errors(void **state)
         "t.yaml:10: routes[0].cluster: unknown cluster 'b'; expected one of: a",
         "t.yaml:11: routes[0]: unknown key 'extra'; expected one of: name, match, cluster, "
         "strip_prefix, rewrite, max_body, timeout, request_headers, response_headers, subset, "
-        "split, fault, mirror, retry, retry_idempotency_key, max_concurrent",
+        "split, fault, mirror, retry, retry_idempotency_key, max_concurrent, auth, rate_limit, "
+        "cors, access",
     };
     if (e.count != sizeof(want) / sizeof(want[0]))
         dump(&e);
@@ -904,7 +908,7 @@ static void test_examples(void **state)
     glob_t g;
     assert_int_equal(glob("examples/config/*.yaml", 0, NULL, &g), 0);
     assert_true(g.gl_pathc >= 2);
-    bool minimal = false, full = false, resilience = false;
+    bool minimal = false, full = false, resilience = false, security = false;
     for (size_t i = 0; i < g.gl_pathc; i++) {
         struct polis_config *cfg = NULL;
         struct polis_config_errors e = {0};
@@ -960,9 +964,39 @@ static void test_examples(void **state)
             assert_true(subset && split && fault && mirror && retry && cookies);
             assert_true(cfg->registry.enabled);
         }
+        if (strstr(g.gl_pathv[i], "/security.yaml")) {
+            security = true;
+            /* Every security section, with files that exist in the repository. */
+            assert_true(cfg->tls.enabled && cfg->tls.client_auth != POLIS_CLIENT_AUTH_OFF);
+            assert_true(cfg->jwt.num_issuers >= 2 && cfg->num_consumers >= 2);
+            assert_true(cfg->num_trusted_proxies > 0 && cfg->access.num_deny > 0);
+            assert_true(cfg->limits.max_connections_per_ip > 0);
+            bool redis = false, keys = false, url = false, cluster_tls = false;
+            for (size_t k = 0; k < cfg->num_rate_limits; k++)
+                redis |= cfg->rate_limits[k].backend == POLIS_RL_REDIS;
+            for (size_t k = 0; k < cfg->jwt.num_issuers; k++) {
+                keys |= cfg->jwt.issuers[k].num_keys > 0 && cfg->jwt.issuers[k].jwks_file;
+                url |= cfg->jwt.issuers[k].jwks_url != NULL;
+            }
+            for (size_t c = 0; c < cfg->num_clusters; c++)
+                cluster_tls |= cfg->clusters[c].tls.enabled && cfg->clusters[c].tls.cert;
+            bool jwt = false, api_key = false, any = false, rules = false, cors = false;
+            bool access = false;
+            for (size_t r = 0; r < cfg->num_routes; r++) {
+                const struct polis_route_cfg *rt = &cfg->routes[r];
+                jwt |= rt->auth.jwt && rt->auth.jwt_rules.num_forward_claims > 0;
+                api_key |= rt->auth.api_key;
+                any |= rt->auth.any;
+                rules |= rt->auth.consumers.num_allow_groups + rt->auth.consumers.num_deny > 0;
+                cors |= rt->cors.enabled && rt->cors.credentials;
+                access |= rt->access.num_allow > 0;
+            }
+            assert_true(redis && keys && url && cluster_tls);
+            assert_true(jwt && api_key && any && rules && cors && access);
+        }
         polis__config_free(cfg);
     }
-    assert_true(minimal && full && resilience);
+    assert_true(minimal && full && resilience && security);
     globfree(&g);
 }
 
@@ -1975,6 +2009,937 @@ static void test_resilience_in_code(void **state)
     polis__config_free(cfg);
 }
 
+/* ---- Edge security ----------------------------------------------------------------------- */
+
+/* A directory of small files the security sections point at (their content is not parsed). */
+static char sec_dir[64];
+
+static void sec_file(const char *name, const char *content)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/%s", sec_dir, name);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(content, f);
+    fclose(f);
+}
+
+static const char *const sec_files[] = {"a.pem",    "a.key",      "b.pem",      "b.key",
+                                        "ca.pem",   "client.pem", "client.key", "rsa.pub.pem",
+                                        "hmac.key", "jwks.json",  "redis.pw",   NULL};
+
+static void sec_dir_create(void)
+{
+    snprintf(sec_dir, sizeof(sec_dir), "/tmp/polis-sec-XXXXXX");
+    assert_non_null(mkdtemp(sec_dir));
+    for (size_t i = 0; sec_files[i]; i++)
+        sec_file(sec_files[i], "-----BEGIN PLACEHOLDER-----\n");
+    sec_file("empty", "");
+    char path[128];
+    snprintf(path, sizeof(path), "%s/dir", sec_dir);
+    assert_int_equal(mkdir(path, 0700), 0);
+}
+
+static void sec_dir_remove(void)
+{
+    char path[128];
+    for (size_t i = 0; sec_files[i]; i++) {
+        snprintf(path, sizeof(path), "%s/%s", sec_dir, sec_files[i]);
+        unlink(path);
+    }
+    snprintf(path, sizeof(path), "%s/empty", sec_dir);
+    unlink(path);
+    snprintf(path, sizeof(path), "%s/dir", sec_dir);
+    rmdir(path);
+    rmdir(sec_dir);
+}
+
+/* s with every '@' replaced by the directory of files (the caller frees it). */
+static char *at_dir(const char *s)
+{
+    size_t n = 0, dl = strlen(sec_dir);
+    for (const char *c = s; *c; c++)
+        n += *c == '@' ? dl : 1;
+    char *out = malloc(n + 1), *o = out;
+    assert_non_null(out);
+    for (const char *c = s; *c; c++) {
+        if (*c == '@') {
+            memcpy(o, sec_dir, dl);
+            o += dl;
+        } else {
+            *o++ = *c;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+/* expect_error with '@' standing for the directory of files in both texts. */
+static void expect_sec(const char *yaml, const char *want)
+{
+    char *y = at_dir(yaml), *w = at_dir(want);
+    expect_error(y, w);
+    free(y);
+    free(w);
+}
+
+static struct polis_config *expect_sec_ok(const char *yaml)
+{
+    char *y = at_dir(yaml);
+    struct polis_config *cfg = expect_ok(y);
+    free(y);
+    return cfg;
+}
+
+#define HEX_A "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+/* The SHA-256 of "alice-key". */
+#define HEX_B "72ee9d4355ccb9d3a4c9dbf37382e38e75c1b1a225b5bd1f729ee91bbda30c20"
+
+static const char SEC_FULL[] =
+    "listen: \":8443\"\n"                                              /* 1 */
+    "limits:\n"                                                        /* 2 */
+    "  max_connections_per_ip: 64\n"                                   /* 3 */
+    "tls:\n"                                                           /* 4 */
+    "  certificates:\n"                                                /* 5 */
+    "    - cert: @/a.pem\n"                                            /* 6 */
+    "      key: @/a.key\n"                                             /* 7 */
+    "    - { cert: @/b.pem, key: @/b.key }\n"                          /* 8 */
+    "  min_version: \"1.3\"\n"                                         /* 9 */
+    "  alpn: [http/1.1]\n"                                             /* 10 */
+    "  session_tickets: false\n"                                       /* 11 */
+    "  session_timeout: 10m\n"                                         /* 12 */
+    "  client_auth: required\n"                                        /* 13 */
+    "  client_ca: @/ca.pem\n"                                          /* 14 */
+    "  forward_subject: X-Subject\n"                                   /* 15 */
+    "clusters:\n"                                                      /* 16 */
+    "  - name: x\n"                                                    /* 17 */
+    "    instances: [\"127.0.0.1:9001\"]\n"                            /* 18 */
+    "    tls:\n"                                                       /* 19 */
+    "      ca: @/ca.pem\n"                                             /* 20 */
+    "      verify: false\n"                                            /* 21 */
+    "      server_name: svc.internal\n"                                /* 22 */
+    "      cert: @/client.pem\n"                                       /* 23 */
+    "      key: @/client.key\n"                                        /* 24 */
+    "  - name: y\n"                                                    /* 25 */
+    "    instances: [\"127.0.0.1:9002\"]\n"                            /* 26 */
+    "    tls: {}\n"                                                    /* 27 */
+    "jwt:\n"                                                           /* 28 */
+    "  cache_size: 500\n"                                              /* 29 */
+    "  issuers:\n"                                                     /* 30 */
+    "    - name: main\n"                                               /* 31 */
+    "      issuer: https://issuer.example\n"                           /* 32 */
+    "      audiences: [api, web]\n"                                    /* 33 */
+    "      algorithms: [RS256, ES256, HS256, EdDSA]\n"                 /* 34 */
+    "      keys:\n"                                                    /* 35 */
+    "        - {file: @/rsa.pub.pem, kid: k1, algorithm: RS256}\n"     /* 36 */
+    "        - {secret_file: @/hmac.key, kid: h1, algorithm: HS256}\n" /* 37 */
+    "      jwks_file: @/jwks.json\n"                                   /* 38 */
+    "      jwks_url: https://idp.example/jwks.json\n"                  /* 39 */
+    "      jwks_ca: @/ca.pem\n"                                        /* 40 */
+    "      jwks_refresh: 1h\n"                                         /* 41 */
+    "      jwks_min_refresh: 1m\n"                                     /* 42 */
+    "      leeway: 5s\n"                                               /* 43 */
+    "      require_exp: false\n"                                       /* 44 */
+    "    - name: other\n"                                              /* 45 */
+    "      issuer: other-iss\n"                                        /* 46 */
+    "      algorithms: [PS256]\n"                                      /* 47 */
+    "      jwks_url: \"https://other.example:8443/keys\"\n"            /* 48 */
+    "api_keys:\n"                                                      /* 49 */
+    "  header: X-Key\n"                                                /* 50 */
+    "  query: key\n"                                                   /* 51 */
+    "consumers:\n"                                                     /* 52 */
+    "  - name: alice\n"                                                /* 53 */
+    "    groups: [gold, staff]\n"                                      /* 54 */
+    "    keys: [\"sha256:" HEX_A "\", \"sha256:" HEX_B "\"]\n"         /* 55 */
+    "  - name: bob\n"                                                  /* 56 */
+    "    groups: []\n"                                                 /* 57 */
+    "  - name: carol\n"                                                /* 58 */
+    "rate_limits:\n"                                                   /* 59 */
+    "  - name: per-consumer\n"                                         /* 60 */
+    "    rate: 100/s\n"                                                /* 61 */
+    "    burst: 20\n"                                                  /* 62 */
+    "    key: consumer\n"                                              /* 63 */
+    "  - name: per-ip\n"                                               /* 64 */
+    "    rate: 6000/m\n"                                               /* 65 */
+    "    key: client_ip\n"                                             /* 66 */
+    "    backend: redis\n"                                             /* 67 */
+    "    redis: {address: \"127.0.0.1:6379\", timeout: 20ms, on_failure: closed, "
+    "password_file: @/redis.pw, db: 3}\n"                           /* 68 */
+    "  - name: tenant\n"                                            /* 69 */
+    "    rate: 50000/h\n"                                           /* 70 */
+    "    key: \"header:X-Tenant\"\n"                                /* 71 */
+    "    backend: redis\n"                                          /* 72 */
+    "    redis: {address: \"redis.internal:6380\"}\n"               /* 73 */
+    "  - name: whole\n"                                             /* 74 */
+    "    rate: 10/s\n"                                              /* 75 */
+    "    key: route\n"                                              /* 76 */
+    "trusted_proxies: [10.0.0.0/8, 127.0.0.1, \"fd00::/8\"]\n"      /* 77 */
+    "access: {allow: [10.0.0.0/8, \"::1\"], deny: [10.1.2.3/32]}\n" /* 78 */
+    "routes:\n"                                                     /* 79 */
+    "  - name: orders\n"                                            /* 80 */
+    "    match: { prefix: /orders/ }\n"                             /* 81 */
+    "    cluster: x\n"                                              /* 82 */
+    "    auth:\n"                                                   /* 83 */
+    "      jwt: {issuers: [main], required_claims: {role: admin}, scopes: [orders:read, "
+    "orders:write], forward_claims: {sub: X-User-Id, tenant: X-Tenant-Id}, "
+    "strip_authorization: true}\n" /* 84 */
+    "      api_key: true\n"        /* 85 */
+    "      consumers: {allow: [alice], allow_groups: [gold], deny: [bob], "
+    "deny_groups: []}\n"                       /* 86 */
+    "      any: true\n"                        /* 87 */
+    "      forward_consumer: X-Who\n"          /* 88 */
+    "    rate_limit: [per-consumer, per-ip]\n" /* 89 */
+    "    cors: {origins: [\"https://app.example\", \"http://localhost:3000\"], methods: [GET, "
+    "POST], headers: [Content-Type], expose_headers: [], credentials: true, max_age: 10m}\n" /* 90
+                                                                                              */
+    "    access: {deny: [\"192.168.0.0/16\"]}\n" /* 91 */
+    "  - name: public\n"                         /* 92 */
+    "    match: { prefix: /public/ }\n"          /* 93 */
+    "    cluster: y\n"                           /* 94 */
+    "    auth: {api_key: true}\n"                /* 95 */
+    "    rate_limit: whole\n"                    /* 96 */
+    "    cors: {origins: [\"*\"]}\n"             /* 97 */
+    "  - name: token\n"                          /* 98 */
+    "    cluster: y\n"                           /* 99 */
+    "    auth: {jwt: true}\n"                    /* 100 */
+    "    rate_limit: tenant\n";                  /* 101 */
+
+static void assert_cidr(const struct polis_cidr *c, int family, const char *ip, unsigned prefix)
+{
+    uint8_t want[16] = {0};
+    assert_int_equal(c->family, family);
+    assert_int_equal(inet_pton(family, ip, want), 1);
+    assert_memory_equal(c->addr, want, family == AF_INET ? 4 : 16);
+    assert_int_equal(c->prefix, prefix);
+}
+
+/* Every security setting, read back. */
+static void test_security_full(void **state)
+{
+    sec_dir_create();
+    struct polis_config *cfg = expect_sec_ok(SEC_FULL);
+    char want[160];
+
+    assert_int_equal(cfg->limits.max_connections_per_ip, 64);
+    const struct polis_tls_cfg *t = &cfg->tls;
+    assert_true(t->enabled);
+    assert_int_equal(t->num_certs, 2);
+    snprintf(want, sizeof(want), "%s/a.pem", sec_dir);
+    assert_string_equal(t->certs[0].cert, want);
+    snprintf(want, sizeof(want), "%s/a.key", sec_dir);
+    assert_string_equal(t->certs[0].key, want);
+    assert_int_equal(t->certs[0].line, 6);
+    snprintf(want, sizeof(want), "%s/b.key", sec_dir);
+    assert_string_equal(t->certs[1].key, want);
+    assert_int_equal(t->certs[1].line, 8);
+    assert_int_equal(t->min_version, POLIS_TLS_1_3);
+    assert_int_equal(t->num_alpn, 1);
+    assert_string_equal(t->alpn[0], "http/1.1");
+    assert_false(t->session_tickets);
+    assert_int_equal(t->session_timeout_ms, 600000);
+    assert_int_equal(t->client_auth, POLIS_CLIENT_AUTH_REQUIRED);
+    snprintf(want, sizeof(want), "%s/ca.pem", sec_dir);
+    assert_string_equal(t->client_ca, want);
+    assert_string_equal(t->forward_subject, "X-Subject");
+
+    const struct polis_upstream_tls_cfg *ut = &cfg->clusters[0].tls;
+    assert_true(ut->enabled);
+    assert_string_equal(ut->ca, want);
+    assert_false(ut->verify);
+    assert_string_equal(ut->server_name, "svc.internal");
+    snprintf(want, sizeof(want), "%s/client.pem", sec_dir);
+    assert_string_equal(ut->cert, want);
+    snprintf(want, sizeof(want), "%s/client.key", sec_dir);
+    assert_string_equal(ut->key, want);
+    ut = &cfg->clusters[1].tls; /* tls: {} is TLS with the defaults */
+    assert_true(ut->enabled);
+    assert_true(ut->verify);
+    assert_null(ut->ca);
+    assert_null(ut->server_name);
+    assert_null(ut->cert);
+
+    const struct polis_jwt_cfg *j = &cfg->jwt;
+    assert_int_equal(j->cache_size, 500);
+    assert_int_equal(j->num_issuers, 2);
+    const struct polis_jwt_issuer_cfg *is = &j->issuers[0];
+    assert_string_equal(is->name, "main");
+    assert_string_equal(is->issuer, "https://issuer.example");
+    assert_int_equal(is->num_audiences, 2);
+    assert_string_equal(is->audiences[1], "web");
+    assert_int_equal(is->algorithms, (1u << POLIS_JWT_RS256) | (1u << POLIS_JWT_ES256) |
+                                         (1u << POLIS_JWT_HS256) | (1u << POLIS_JWT_EDDSA));
+    assert_int_equal(is->num_keys, 2);
+    snprintf(want, sizeof(want), "%s/rsa.pub.pem", sec_dir);
+    assert_string_equal(is->keys[0].file, want);
+    assert_null(is->keys[0].secret_file);
+    assert_string_equal(is->keys[0].kid, "k1");
+    assert_int_equal(is->keys[0].alg, POLIS_JWT_RS256);
+    assert_int_equal(is->keys[0].line, 36);
+    snprintf(want, sizeof(want), "%s/hmac.key", sec_dir);
+    assert_string_equal(is->keys[1].secret_file, want);
+    assert_null(is->keys[1].file);
+    assert_int_equal(is->keys[1].alg, POLIS_JWT_HS256);
+    snprintf(want, sizeof(want), "%s/jwks.json", sec_dir);
+    assert_string_equal(is->jwks_file, want);
+    assert_string_equal(is->jwks_url, "https://idp.example/jwks.json");
+    snprintf(want, sizeof(want), "%s/ca.pem", sec_dir);
+    assert_string_equal(is->jwks_ca, want);
+    assert_int_equal(is->jwks_refresh_ms, 3600000);
+    assert_int_equal(is->jwks_min_refresh_ms, 60000);
+    assert_int_equal(is->leeway_ms, 5000);
+    assert_false(is->require_exp);
+    assert_int_equal(is->line, 31);
+    is = &j->issuers[1]; /* the defaults */
+    assert_string_equal(is->name, "other");
+    assert_int_equal(is->algorithms, 1u << POLIS_JWT_PS256);
+    assert_int_equal(is->num_keys, 0);
+    assert_int_equal(is->num_audiences, 0);
+    assert_null(is->jwks_file);
+    assert_null(is->jwks_ca);
+    assert_int_equal(is->jwks_refresh_ms, 600000);
+    assert_int_equal(is->jwks_min_refresh_ms, 30000);
+    assert_int_equal(is->leeway_ms, 30000);
+    assert_true(is->require_exp);
+    assert_string_equal(polis__jwt_alg_names[POLIS_JWT_EDDSA], "EdDSA");
+    assert_string_equal(polis__jwt_alg_names[POLIS_JWT_PS256], "PS256");
+
+    assert_string_equal(cfg->api_keys.header, "X-Key");
+    assert_string_equal(cfg->api_keys.query, "key");
+
+    assert_int_equal(cfg->num_consumers, 3);
+    const struct polis_consumer_cfg *c = &cfg->consumers[0];
+    assert_string_equal(c->name, "alice");
+    assert_int_equal(c->num_groups, 2);
+    assert_string_equal(c->groups[1], "staff");
+    assert_int_equal(c->num_keys, 2);
+    assert_int_equal(c->key_sha256[0][0], 0x01);
+    assert_int_equal(c->key_sha256[0][7], 0xef);
+    assert_int_equal(c->key_sha256[0][31], 0xef);
+    assert_int_equal(c->key_sha256[1][0], 0x72);
+    assert_int_equal(c->key_sha256[1][31], 0x20);
+    assert_int_equal(c->line, 53);
+    assert_string_equal(cfg->consumers[1].name, "bob");
+    assert_int_equal(cfg->consumers[1].num_groups, 0);
+    assert_int_equal(cfg->consumers[2].num_keys, 0);
+
+    assert_int_equal(cfg->num_rate_limits, 4);
+    const struct polis_rate_limit_cfg *rl = &cfg->rate_limits[0];
+    assert_string_equal(rl->name, "per-consumer");
+    assert_int_equal(rl->count, 100);
+    assert_int_equal(rl->period_ms, 1000);
+    assert_int_equal(rl->burst, 20);
+    assert_int_equal(rl->key, POLIS_RL_KEY_CONSUMER);
+    assert_int_equal(rl->backend, POLIS_RL_LOCAL);
+    assert_null(rl->redis.address);
+    rl = &cfg->rate_limits[1];
+    assert_int_equal(rl->count, 6000);
+    assert_int_equal(rl->period_ms, 60000);
+    assert_int_equal(rl->burst, 6000); /* the rate's count */
+    assert_int_equal(rl->key, POLIS_RL_KEY_CLIENT_IP);
+    assert_int_equal(rl->backend, POLIS_RL_REDIS);
+    assert_string_equal(rl->redis.address, "127.0.0.1:6379");
+    assert_int_equal(rl->redis.timeout_ms, 20);
+    assert_int_equal(rl->redis.on_failure, POLIS_REDIS_FAIL_CLOSED);
+    snprintf(want, sizeof(want), "%s/redis.pw", sec_dir);
+    assert_string_equal(rl->redis.password_file, want);
+    assert_int_equal(rl->redis.db, 3);
+    rl = &cfg->rate_limits[2];
+    assert_int_equal(rl->count, 50000);
+    assert_int_equal(rl->period_ms, 3600000);
+    assert_int_equal(rl->key, POLIS_RL_KEY_HEADER);
+    assert_string_equal(rl->key_header, "X-Tenant");
+    assert_string_equal(rl->redis.address, "redis.internal:6380");
+    assert_int_equal(rl->redis.timeout_ms, 50);
+    assert_int_equal(rl->redis.on_failure, POLIS_REDIS_FAIL_LOCAL);
+    assert_null(rl->redis.password_file);
+    assert_int_equal(rl->redis.db, 0);
+    assert_int_equal(cfg->rate_limits[3].key, POLIS_RL_KEY_ROUTE);
+    assert_null(cfg->rate_limits[3].key_header);
+
+    assert_int_equal(cfg->num_trusted_proxies, 3);
+    assert_cidr(&cfg->trusted_proxies[0], AF_INET, "10.0.0.0", 8);
+    assert_cidr(&cfg->trusted_proxies[1], AF_INET, "127.0.0.1", 32);
+    assert_cidr(&cfg->trusted_proxies[2], AF_INET6, "fd00::", 8);
+    assert_int_equal(cfg->access.num_allow, 2);
+    assert_cidr(&cfg->access.allow[1], AF_INET6, "::1", 128);
+    assert_int_equal(cfg->access.num_deny, 1);
+    assert_cidr(&cfg->access.deny[0], AF_INET, "10.1.2.3", 32);
+
+    const struct polis_route_cfg *r = &cfg->routes[0];
+    const struct polis_auth_cfg *a = &r->auth;
+    assert_true(a->jwt && a->api_key && a->any);
+    assert_int_equal(a->jwt_rules.num_issuers, 1);
+    assert_string_equal(a->jwt_rules.issuers[0].name, "main");
+    assert_int_equal(a->jwt_rules.issuers[0].index, 0);
+    assert_int_equal(a->jwt_rules.num_required_claims, 1);
+    assert_string_equal(a->jwt_rules.required_claims[0].name, "role");
+    assert_string_equal(a->jwt_rules.required_claims[0].value, "admin");
+    assert_int_equal(a->jwt_rules.num_scopes, 2);
+    assert_string_equal(a->jwt_rules.scopes[1], "orders:write");
+    assert_int_equal(a->jwt_rules.num_forward_claims, 2);
+    assert_string_equal(a->jwt_rules.forward_claims[1].name, "tenant");
+    assert_string_equal(a->jwt_rules.forward_claims[1].value, "X-Tenant-Id");
+    assert_true(a->jwt_rules.strip_authorization);
+    assert_int_equal(a->consumers.num_allow, 1);
+    assert_string_equal(a->consumers.allow[0].name, "alice");
+    assert_int_equal(a->consumers.allow[0].index, 0);
+    assert_int_equal(a->consumers.num_deny, 1);
+    assert_int_equal(a->consumers.deny[0].index, 1);
+    assert_int_equal(a->consumers.num_allow_groups, 1);
+    assert_string_equal(a->consumers.allow_groups[0], "gold");
+    assert_int_equal(a->consumers.num_deny_groups, 0);
+    assert_string_equal(a->forward_consumer, "X-Who");
+    assert_int_equal(r->num_rate_limits, 2);
+    assert_string_equal(r->rate_limits[1].name, "per-ip");
+    assert_int_equal(r->rate_limits[1].index, 1);
+    const struct polis_cors_cfg *co = &r->cors;
+    assert_true(co->enabled);
+    assert_int_equal(co->num_origins, 2);
+    assert_string_equal(co->origins[1], "http://localhost:3000");
+    assert_int_equal(co->num_methods, 2);
+    assert_string_equal(co->methods[1], "POST");
+    assert_int_equal(co->num_headers, 1);
+    assert_int_equal(co->num_expose_headers, 0);
+    assert_true(co->credentials);
+    assert_int_equal(co->max_age_ms, 600000);
+    assert_int_equal(r->access.num_allow, 0);
+    assert_cidr(&r->access.deny[0], AF_INET, "192.168.0.0", 16);
+
+    r = &cfg->routes[1];
+    assert_false(r->auth.jwt);
+    assert_true(r->auth.api_key);
+    assert_false(r->auth.any);
+    assert_string_equal(r->auth.forward_consumer, "X-Consumer"); /* the default */
+    assert_int_equal(r->num_rate_limits, 1);
+    assert_int_equal(r->rate_limits[0].index, 3);
+    assert_int_equal(r->cors.num_origins, 1);
+    assert_string_equal(r->cors.origins[0], "*");
+    assert_false(r->cors.credentials);
+    assert_int_equal(r->cors.num_methods, 0);
+    assert_int_equal(r->cors.max_age_ms, 0);
+
+    r = &cfg->routes[2];
+    assert_true(r->auth.jwt);
+    assert_int_equal(r->auth.jwt_rules.num_issuers, 0); /* any issuer */
+    assert_false(r->auth.jwt_rules.strip_authorization);
+    assert_false(r->auth.api_key);
+    assert_null(r->auth.forward_consumer);
+    assert_int_equal(r->rate_limits[0].index, 2);
+    polis__config_free(cfg);
+    sec_dir_remove();
+}
+
+/* Without the security sections, everything is off and the defaults are in place. */
+static void test_security_defaults(void **state)
+{
+    struct polis_config d;
+    polis__config_defaults(&d);
+    assert_false(d.tls.enabled);
+    assert_int_equal(d.tls.min_version, POLIS_TLS_1_2);
+    assert_true(d.tls.session_tickets);
+    assert_int_equal(d.tls.session_timeout_ms, 300000);
+    assert_int_equal(d.tls.client_auth, POLIS_CLIENT_AUTH_OFF);
+    assert_int_equal(d.jwt.cache_size, 10000);
+    assert_int_equal(d.limits.max_connections_per_ip, 0);
+
+    struct polis_config *cfg = expect_ok(LISTEN CLUSTER "routes:\n  - cluster: users\n");
+    assert_false(cfg->tls.enabled);
+    assert_int_equal(cfg->tls.num_certs, 0);
+    assert_null(cfg->tls.forward_subject);
+    assert_int_equal(cfg->jwt.num_issuers, 0);
+    assert_int_equal(cfg->jwt.cache_size, 10000);
+    assert_string_equal(cfg->api_keys.header, "X-API-Key");
+    assert_null(cfg->api_keys.query);
+    assert_int_equal(cfg->num_consumers, 0);
+    assert_int_equal(cfg->num_rate_limits, 0);
+    assert_int_equal(cfg->num_trusted_proxies, 0);
+    assert_int_equal(cfg->access.num_allow + cfg->access.num_deny, 0);
+    assert_int_equal(cfg->limits.max_connections_per_ip, 0);
+    assert_false(cfg->clusters[0].tls.enabled);
+    const struct polis_route_cfg *r = &cfg->routes[0];
+    assert_false(r->auth.jwt || r->auth.api_key || r->auth.any);
+    assert_null(r->auth.forward_consumer);
+    assert_int_equal(r->num_rate_limits, 0);
+    assert_false(r->cors.enabled);
+    assert_int_equal(r->access.num_allow + r->access.num_deny, 0);
+    polis__config_free(cfg);
+
+    /* A section present with only its required keys: the defaults of each key. */
+    sec_dir_create();
+    cfg = expect_sec_ok(LISTEN "tls:\n  certificates: [{cert: @/a.pem, key: @/a.key}]\n"
+                               "rate_limits:\n  - { name: r, rate: 5/s }\n" CLUSTER
+                               "routes:\n  - cluster: users\n    rate_limit: r\n"
+                               "    cors: { origins: [\"https://a.example\"] }\n");
+    assert_true(cfg->tls.enabled);
+    assert_int_equal(cfg->tls.min_version, POLIS_TLS_1_2);
+    assert_true(cfg->tls.session_tickets);
+    assert_int_equal(cfg->tls.session_timeout_ms, 300000);
+    assert_int_equal(cfg->tls.client_auth, POLIS_CLIENT_AUTH_OFF);
+    assert_null(cfg->tls.client_ca);
+    assert_int_equal(cfg->tls.num_alpn, 1);
+    assert_string_equal(cfg->tls.alpn[0], "http/1.1");
+    assert_string_equal(cfg->tls.forward_subject, "X-Client-Subject");
+    const struct polis_rate_limit_cfg *rl = &cfg->rate_limits[0];
+    assert_int_equal(rl->count, 5);
+    assert_int_equal(rl->burst, 5);
+    assert_int_equal(rl->key, POLIS_RL_KEY_CLIENT_IP);
+    assert_int_equal(rl->backend, POLIS_RL_LOCAL);
+    assert_true(cfg->routes[0].cors.enabled);
+    assert_false(cfg->routes[0].cors.credentials);
+    polis__config_free(cfg);
+    sec_dir_remove();
+}
+
+/* Networks: parsing and matching. */
+static void test_cidr(void **state)
+{
+    struct polis_cidr c;
+    struct sockaddr_in in = {.sin_family = AF_INET};
+    struct sockaddr_in6 in6 = {.sin6_family = AF_INET6};
+
+    assert_int_equal(polis__cidr_parse("10.0.0.0/8", &c), 0);
+    assert_cidr(&c, AF_INET, "10.0.0.0", 8);
+    inet_pton(AF_INET, "10.255.1.2", &in.sin_addr);
+    assert_true(polis__cidr_match(&c, (struct sockaddr *)&in));
+    inet_pton(AF_INET, "11.0.0.1", &in.sin_addr);
+    assert_false(polis__cidr_match(&c, (struct sockaddr *)&in));
+    /* An IPv4-mapped IPv6 peer is the IPv4 address; a plain IPv6 one is not. */
+    inet_pton(AF_INET6, "::ffff:10.1.2.3", &in6.sin6_addr);
+    assert_true(polis__cidr_match(&c, (struct sockaddr *)&in6));
+    inet_pton(AF_INET6, "::a01:203", &in6.sin6_addr);
+    assert_false(polis__cidr_match(&c, (struct sockaddr *)&in6));
+
+    assert_int_equal(polis__cidr_parse("172.16.0.0/12", &c), 0);
+    inet_pton(AF_INET, "172.31.255.255", &in.sin_addr);
+    assert_true(polis__cidr_match(&c, (struct sockaddr *)&in));
+    inet_pton(AF_INET, "172.32.0.0", &in.sin_addr);
+    assert_false(polis__cidr_match(&c, (struct sockaddr *)&in));
+    inet_pton(AF_INET, "172.15.255.255", &in.sin_addr);
+    assert_false(polis__cidr_match(&c, (struct sockaddr *)&in));
+
+    assert_int_equal(polis__cidr_parse("0.0.0.0/0", &c), 0);
+    inet_pton(AF_INET, "203.0.113.9", &in.sin_addr);
+    assert_true(polis__cidr_match(&c, (struct sockaddr *)&in));
+    assert_false(polis__cidr_match(&c, (struct sockaddr *)&in6));
+
+    assert_int_equal(polis__cidr_parse("192.0.2.7", &c), 0); /* one host */
+    assert_cidr(&c, AF_INET, "192.0.2.7", 32);
+    inet_pton(AF_INET, "192.0.2.7", &in.sin_addr);
+    assert_true(polis__cidr_match(&c, (struct sockaddr *)&in));
+    inet_pton(AF_INET, "192.0.2.6", &in.sin_addr);
+    assert_false(polis__cidr_match(&c, (struct sockaddr *)&in));
+
+    assert_int_equal(polis__cidr_parse("fd00::/8", &c), 0);
+    assert_cidr(&c, AF_INET6, "fd00::", 8);
+    inet_pton(AF_INET6, "fd12:3456::1", &in6.sin6_addr);
+    assert_true(polis__cidr_match(&c, (struct sockaddr *)&in6));
+    inet_pton(AF_INET6, "fe80::1", &in6.sin6_addr);
+    assert_false(polis__cidr_match(&c, (struct sockaddr *)&in6));
+    assert_false(polis__cidr_match(&c, (struct sockaddr *)&in));
+    assert_int_equal(polis__cidr_parse("2001:db8::/33", &c), 0);
+    inet_pton(AF_INET6, "2001:db8:7fff::1", &in6.sin6_addr);
+    assert_true(polis__cidr_match(&c, (struct sockaddr *)&in6));
+    inet_pton(AF_INET6, "2001:db8:8000::1", &in6.sin6_addr);
+    assert_false(polis__cidr_match(&c, (struct sockaddr *)&in6));
+    assert_int_equal(polis__cidr_parse("::1", &c), 0);
+    assert_cidr(&c, AF_INET6, "::1", 128);
+
+    static const char *const bad[] = {"",           "/8",         "10.0.0.1/8",  "10.0.0.0/33",
+                                      "10.0.0/8",   "10.0.0.0/",  "10.0.0.0/a",  "10.0.0.0/08a",
+                                      "fd00::/129", "fd00::1/64", "10.0.0.0/8 ", "host/8",
+                                      "1.2.3.4/-1", "[::1]/128",  NULL};
+    for (size_t i = 0; bad[i]; i++) {
+        if (polis__cidr_parse(bad[i], &c) != POLIS_EINVAL)
+            fail_msg("'%s' parsed", bad[i]);
+    }
+    assert_int_equal(polis__cidr_parse(NULL, &c), POLIS_EINVAL);
+}
+
+#define TLS_OK "tls:\n  certificates: [{cert: @/a.pem, key: @/a.key}]\n"
+#define ISS "jwt:\n  issuers:\n    - name: main\n      issuer: https://i.example\n"
+#define ROUTE LISTEN CLUSTER "routes:\n  - cluster: users\n"
+
+static void test_security_errors(void **state)
+{
+    sec_dir_create();
+    /* tls */
+    expect_sec(LISTEN "tls: { min_version: \"1.2\" }\n",
+               "t.yaml:2: tls: no certificates; expected certificates: a list of {cert, key} (PEM "
+               "files)");
+    expect_sec(LISTEN TLS_OK "  min_version: 1.1\n",
+               "t.yaml:4: tls.min_version: found '1.1'; expected \"1.2\" or \"1.3\"");
+    expect_sec(LISTEN TLS_OK "  alpn: [http/1.1, h2]\n",
+               "t.yaml:4: tls.alpn[1]: found 'h2'; expected http/1.1 (the only protocol served "
+               "for now)");
+    expect_sec(LISTEN TLS_OK "  client_auth: required\n",
+               "t.yaml:4: tls.client_auth: required without client_ca; expected client_ca: a PEM "
+               "file of the CAs that sign client certificates");
+    expect_sec(LISTEN TLS_OK "  client_ca: @/ca.pem\n",
+               "t.yaml:4: tls.client_ca: set with client_auth off; expected client_auth: optional "
+               "or required");
+    expect_sec(LISTEN TLS_OK "  client_auth: yes\n",
+               "t.yaml:4: tls.client_auth: found 'yes'; expected off, optional or required");
+    expect_sec(LISTEN "tls:\n  certificates:\n    - {cert: @/missing.pem, key: @/a.key}\n",
+               "t.yaml:4: tls.certificates[0].cert: cannot read '@/missing.pem': No such file or "
+               "directory; expected a readable PEM certificate chain");
+    expect_sec(LISTEN "tls:\n  certificates:\n    - cert: @/a.pem\n      key: @/dir\n",
+               "t.yaml:5: tls.certificates[0].key: '@/dir' is a directory; expected a readable "
+               "PEM private key");
+    expect_sec(LISTEN "tls:\n  certificates:\n    - cert: @/empty\n      key: @/a.key\n",
+               "t.yaml:4: tls.certificates[0].cert: '@/empty' is empty; expected a readable PEM "
+               "certificate chain");
+    expect_sec(LISTEN "tls:\n  certificates:\n    - cert: @/a.pem\n",
+               "t.yaml:4: tls.certificates[0]: no key; expected key: a PEM file of the private "
+               "key");
+    expect_sec(LISTEN TLS_OK "  forward_subject: \"X Subject\"\n",
+               "t.yaml:4: tls.forward_subject: found 'X Subject'; expected a header name of "
+               "letters, digits and !#$%&'*+-.^_`|~");
+    expect_sec(LISTEN TLS_OK "  session_timeout: 10ms\n",
+               "t.yaml:4: tls.session_timeout: found '10ms', out of range; expected 1s..24h");
+    expect_sec(LISTEN TLS_OK "  sni: x\n",
+               "t.yaml:4: tls: unknown key 'sni'; expected one of: certificates, min_version, "
+               "alpn, session_tickets, session_timeout, client_auth, client_ca, "
+               "forward_subject");
+    /* a cluster's tls */
+    expect_sec(LISTEN CLUSTER "    tls: { cert: @/client.pem }\n",
+               "t.yaml:5: clusters[0].tls: cert without key; expected both cert and key (a client "
+               "certificate and its private key) or neither");
+    expect_sec(LISTEN CLUSTER "    tls: { server_name: \"svc internal\" }\n",
+               "t.yaml:5: clusters[0].tls.server_name: found 'svc internal'; expected a host name "
+               "like orders.internal");
+    expect_sec(LISTEN CLUSTER "    tls:\n      ca: @/nope.pem\n",
+               "t.yaml:6: clusters[0].tls.ca: cannot read '@/nope.pem': No such file or "
+               "directory; expected a readable PEM file of CAs");
+    expect_sec(LISTEN CLUSTER "    tls: { verify: maybe }\n",
+               "t.yaml:5: clusters[0].tls.verify: found 'maybe'; expected true or false");
+    /* jwt */
+    expect_sec(LISTEN "jwt: { cache_size: 5 }\n",
+               "t.yaml:2: jwt: no issuers; expected issuers: a list of token issuers");
+    expect_sec(LISTEN ISS "      algorithms: [RS256, none]\n      jwks_url: https://i.example/k\n",
+               "t.yaml:6: jwt.issuers[0].algorithms[1]: found 'none'; expected a signature "
+               "algorithm (unsigned tokens are never accepted): HS256, HS384, HS512, RS256, "
+               "RS384, RS512, PS256, ES256, ES384, EdDSA");
+    expect_sec(LISTEN ISS "      algorithms: [NONE]\n      jwks_url: https://i.example/k\n",
+               "t.yaml:6: jwt.issuers[0].algorithms[0]: found 'NONE'; expected a signature "
+               "algorithm (unsigned tokens are never accepted): HS256, HS384, HS512, RS256, "
+               "RS384, RS512, PS256, ES256, ES384, EdDSA");
+    expect_sec(LISTEN ISS "      algorithms: [rs256]\n      jwks_url: https://i.example/k\n",
+               "t.yaml:6: jwt.issuers[0].algorithms[0]: found 'rs256'; expected one of: HS256, "
+               "HS384, HS512, RS256, RS384, RS512, PS256, ES256, ES384, EdDSA");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n",
+               "t.yaml:4: jwt.issuers[0]: no keys; expected keys, jwks_file or jwks_url");
+    expect_sec(LISTEN ISS "      jwks_url: https://i.example/k\n",
+               "t.yaml:4: jwt.issuers[0]: no algorithms; expected algorithms: a list like [RS256, "
+               "ES256]");
+    expect_sec(LISTEN "jwt:\n  issuers:\n    - name: main\n      algorithms: [RS256]\n"
+                      "      jwks_url: https://i.example/k\n",
+               "t.yaml:4: jwt.issuers[0]: no issuer; expected issuer: the iss claim of its tokens, "
+               "like https://issuer.example");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n"
+                          "      keys:\n        - {secret_file: @/hmac.key, algorithm: RS256}\n",
+               "t.yaml:8: jwt.issuers[0].keys[0].secret_file: an HMAC secret with algorithm "
+               "RS256; expected algorithm HS256, HS384 or HS512 (or file: a public key)");
+    expect_sec(LISTEN ISS "      algorithms: [HS256]\n"
+                          "      keys:\n        - {file: @/rsa.pub.pem, algorithm: HS256}\n",
+               "t.yaml:8: jwt.issuers[0].keys[0].file: a public key file with algorithm HS256; "
+               "expected secret_file for HMAC (a public key is never used as an HMAC secret)");
+    expect_sec(LISTEN ISS "      algorithms: [RS256, ES256]\n"
+                          "      keys:\n        - {file: @/rsa.pub.pem, algorithm: PS256}\n",
+               "t.yaml:8: jwt.issuers[0].keys[0].algorithm: PS256 is not among the issuer's "
+               "algorithms; expected one of: RS256, ES256");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n"
+                          "      keys:\n        - {file: @/rsa.pub.pem}\n",
+               "t.yaml:8: jwt.issuers[0].keys[0]: no algorithm; expected algorithm: the one "
+               "algorithm this key verifies, like RS256");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n"
+                          "      keys:\n        - {kid: a, algorithm: RS256}\n",
+               "t.yaml:8: jwt.issuers[0].keys[0]: no key file; expected file (a PEM public key) "
+               "or secret_file (an HMAC secret)");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      keys:\n"
+                          "        - {file: @/rsa.pub.pem, kid: k1, algorithm: RS256}\n"
+                          "        - {file: @/rsa.pub.pem, kid: k1, algorithm: RS256}\n",
+               "t.yaml:9: jwt.issuers[0].keys[1].kid: duplicate kid 'k1' (first at line 8); "
+               "expected a unique kid");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      jwks_url: http://i.example/k\n",
+               "t.yaml:7: jwt.issuers[0].jwks_url: found 'http://i.example/k'; expected an "
+               "https:// URL like https://idp.example/.well-known/jwks.json");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      jwks_file: @/missing.json\n",
+               "t.yaml:7: jwt.issuers[0].jwks_file: cannot read '@/missing.json': No such file or "
+               "directory; expected a readable JWK Set (JSON) file");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      jwks_file: @/jwks.json\n"
+                          "      jwks_ca: @/ca.pem\n",
+               "t.yaml:8: jwt.issuers[0].jwks_ca: set without jwks_url; expected jwks_url with "
+               "it");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      jwks_url: https://i.example/k\n"
+                          "      jwks_refresh: 1m\n      jwks_min_refresh: 5m\n",
+               "t.yaml:9: jwt.issuers[0].jwks_min_refresh: 5m is longer than jwks_refresh 1m; "
+               "expected at most jwks_refresh");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      jwks_url: https://i.example/k\n"
+                          "      leeway: 1h\n",
+               "t.yaml:8: jwt.issuers[0].leeway: found '1h', out of range; expected 0..10m");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      jwks_url: https://i.example/k\n"
+                          "    - name: main\n      issuer: x\n      algorithms: [RS256]\n"
+                          "      jwks_url: https://i.example/k\n",
+               "t.yaml:8: jwt.issuers[1].name: duplicate issuer name 'main' (first at line 4); "
+               "expected a unique name");
+    expect_sec(LISTEN "jwt: { cache_size: 20000000, issuers: [] }\n",
+               "t.yaml:2: jwt.cache_size: found '20000000', out of range; expected 0..10000000");
+    /* api_keys and consumers */
+    expect_sec(LISTEN "api_keys: { header: \"X API Key\" }\n",
+               "t.yaml:2: api_keys.header: found 'X API Key'; expected a header name of letters, "
+               "digits and !#$%&'*+-.^_`|~");
+    expect_sec(LISTEN "api_keys: { query: \"api key\" }\n",
+               "t.yaml:2: api_keys.query: found 'api key'; expected a query parameter name of "
+               "letters, digits, '-', '.', '_' or '~'");
+    expect_sec(LISTEN "consumers:\n  - name: alice\n    keys: [\"s3cr3t-key-value\"]\n",
+               "t.yaml:4: consumers[0].keys[0]: a key in clear; expected sha256:<64 lowercase hex "
+               "digits>, the SHA-256 of the key (printf %s \"$KEY\" | sha256sum)");
+    expect_sec(LISTEN "consumers:\n  - name: alice\n    keys: [\"sha256:ABCD\"]\n",
+               "t.yaml:4: consumers[0].keys[0]: found 'sha256:ABCD'; expected sha256:<64 "
+               "lowercase hex digits>");
+    expect_sec(LISTEN "consumers:\n  - name: alice\n    keys: [\"sha256:" HEX_A "\"]\n"
+                      "  - name: bob\n    keys:\n      - \"sha256:" HEX_B "\"\n"
+                      "      - \"sha256:" HEX_A "\"\n",
+               "t.yaml:8: consumers[1].keys[1]: the same key as consumers[0] 'alice' (line 4); "
+               "expected a key of its own");
+    expect_sec(LISTEN "consumers:\n  - name: alice\n  - name: alice\n",
+               "t.yaml:4: consumers[1].name: duplicate consumer name 'alice' (first at line 3); "
+               "expected a unique name");
+    expect_sec(LISTEN "consumers:\n  - name: alice\n    groups: [\"gold star\"]\n",
+               "t.yaml:4: consumers[0].groups[0]: found 'gold star'; expected a group name of "
+               "letters, digits, '_', '.' or '-'");
+    expect_sec(LISTEN "consumers:\n  - groups: [gold]\n",
+               "t.yaml:3: consumers[0]: no name; expected name: <[A-Za-z0-9_.-]+>");
+    /* rate_limits (a malformed rate is one error: no burst or "no rate" follows from it) */
+    expect_one(LISTEN "rate_limits:\n  - { name: r, rate: 100/sec }\n",
+               "t.yaml:3: rate_limits[0].rate: found '100/sec'", "");
+    expect_one(LISTEN "rate_limits:\n  - { name: r }\n", "t.yaml:3: rate_limits[0]: no rate", "");
+    expect_one(LISTEN ISS "      algorithms: [rs256]\n      jwks_url: https://i.example/k\n",
+               "t.yaml:6: jwt.issuers[0].algorithms[0]: found 'rs256'", "");
+    expect_sec(LISTEN "rate_limits:\n  - { name: r, rate: 100/sec }\n",
+               "t.yaml:3: rate_limits[0].rate: found '100/sec'; expected requests per period like "
+               "100/s, 1000/m or 50000/h, from 1 to 1000000000 requests");
+    expect_sec(LISTEN "rate_limits:\n  - { name: r, rate: 0/s }\n",
+               "t.yaml:3: rate_limits[0].rate: found '0/s'; expected requests per period like "
+               "100/s, 1000/m or 50000/h, from 1 to 1000000000 requests");
+    expect_sec(LISTEN "rate_limits:\n  - { name: r }\n",
+               "t.yaml:3: rate_limits[0]: no rate; expected rate: requests per period like 100/s");
+    expect_sec(LISTEN "rate_limits:\n  - { name: r, rate: 1/s, burst: 0 }\n",
+               "t.yaml:3: rate_limits[0].burst: found '0', out of range; expected 1..1000000000");
+    expect_sec(LISTEN "rate_limits:\n  - name: r\n    rate: 1/s\n    backend: redis\n"
+                      "    redis: { address: localhost }\n",
+               "t.yaml:6: rate_limits[0].redis.address: found 'localhost'; expected host:port "
+               "like 127.0.0.1:6379 or redis.internal:6379");
+    expect_sec(LISTEN "rate_limits:\n  - name: r\n    rate: 1/s\n    backend: redis\n",
+               "t.yaml:3: rate_limits[0]: backend redis without a redis address; expected redis: "
+               "{address: host:port}");
+    expect_sec(LISTEN "rate_limits:\n  - name: r\n    rate: 1/s\n"
+                      "    redis: { address: \"127.0.0.1:6379\" }\n",
+               "t.yaml:5: rate_limits[0].redis: set with backend local; expected backend: redis");
+    expect_sec(LISTEN "rate_limits:\n  - name: r\n    rate: 1/s\n    backend: redis\n"
+                      "    redis: { address: \"127.0.0.1:6379\", on_failure: retry }\n",
+               "t.yaml:6: rate_limits[0].redis.on_failure: found 'retry'; expected local, open or "
+               "closed");
+    expect_sec(LISTEN "rate_limits:\n  - name: r\n    rate: 1/s\n    backend: redis\n"
+                      "    redis: { address: \"127.0.0.1:6379\", password_file: @/none }\n",
+               "t.yaml:6: rate_limits[0].redis.password_file: cannot read '@/none': No such file "
+               "or directory; expected a readable file holding the password");
+    expect_sec(LISTEN "rate_limits:\n  - { name: r, rate: 1/s, key: \"header:X Tenant\" }\n",
+               "t.yaml:3: rate_limits[0].key: header name 'X Tenant' is not a token; expected "
+               "header:<name> with a name of letters, digits and !#$%&'*+-.^_`|~");
+    expect_sec(LISTEN "rate_limits:\n  - { name: r, rate: 1/s, key: user }\n",
+               "t.yaml:3: rate_limits[0].key: found 'user'; expected consumer, client_ip, route "
+               "or header:<name>");
+    expect_sec(LISTEN "rate_limits:\n  - { name: r, rate: 1/s }\n  - { name: r, rate: 2/s }\n",
+               "t.yaml:4: rate_limits[1].name: duplicate rate limit name 'r' (first at line 3); "
+               "expected a unique name");
+    /* networks */
+    expect_sec(LISTEN "trusted_proxies: [10.0.0.0/8, 10.0.0.1/8]\n",
+               "t.yaml:2: trusted_proxies[1]: '10.0.0.1/8' has bits set past the prefix length; "
+               "expected the network 10.0.0.0/8 (or one address without a prefix)");
+    expect_sec(LISTEN "trusted_proxies:\n  - 10.0.0.0/33\n",
+               "t.yaml:3: trusted_proxies[0]: found '10.0.0.0/33', out of range; expected a "
+               "prefix length 0..32");
+    expect_sec(LISTEN "trusted_proxies:\n  - \"fd00::/129\"\n",
+               "t.yaml:3: trusted_proxies[0]: found 'fd00::/129', out of range; expected a prefix "
+               "length 0..128");
+    expect_sec(LISTEN "trusted_proxies: [10.0.0/8]\n",
+               "t.yaml:2: trusted_proxies[0]: found '10.0.0/8'; expected an IPv4 or IPv6 network "
+               "like 10.0.0.0/8 or \"fd00::/8\", or one address");
+    expect_sec(LISTEN "trusted_proxies: 10.0.0.0/8\n",
+               "t.yaml:2: trusted_proxies: found '10.0.0.0/8'; expected a list of networks like "
+               "[10.0.0.0/8, \"fd00::/8\"]");
+    expect_sec(LISTEN "access: {}\n", "t.yaml:2: access: neither allow nor deny; expected allow or "
+                                      "deny: a list of networks like [10.0.0.0/8]");
+    expect_sec(LISTEN "access: { deny: [\"2001:db8::1/32\"] }\n",
+               "t.yaml:2: access.deny[0]: '2001:db8::1/32' has bits set past the prefix length; "
+               "expected the network 2001:db8::/32 (or one address without a prefix)");
+    expect_sec(LISTEN "limits: { max_connections_per_ip: -1 }\n",
+               "t.yaml:2: limits.max_connections_per_ip: found '-1'; expected an integer in "
+               "0..10000000");
+    /* routes */
+    expect_sec(ROUTE "    rate_limit: nope\n",
+               "t.yaml:7: routes[0].rate_limit: unknown rate limit 'nope'; expected the name of "
+               "one under rate_limits (none is defined)");
+    expect_sec(LISTEN
+               "rate_limits:\n  - { name: a, rate: 1/s }\n  - { name: b, rate: 1/s }\n" CLUSTER
+               "routes:\n  - cluster: users\n    rate_limit: [a, c]\n",
+               "t.yaml:10: routes[0].rate_limit: unknown rate limit 'c'; expected one of: a, b");
+    expect_sec(LISTEN "rate_limits:\n  - { name: a, rate: 1/s }\n" CLUSTER
+                      "routes:\n  - cluster: users\n    rate_limit: [a, a]\n",
+               "t.yaml:9: routes[0].rate_limit: rate limit 'a' listed twice; expected each once");
+    expect_sec(LISTEN "rate_limits:\n  - { name: pc, rate: 1/s, key: consumer }\n" CLUSTER
+                      "routes:\n  - cluster: users\n    rate_limit: pc\n",
+               "t.yaml:9: routes[0].rate_limit: 'pc' is keyed by consumer but the route has no "
+               "auth; expected auth with api_key or jwt, or a limit keyed otherwise");
+    expect_sec(ROUTE "    auth: { jwt: true }\n",
+               "t.yaml:7: routes[0].auth.jwt: no issuer is defined; expected jwt: {issuers: "
+               "[...]} at the top level");
+    expect_sec(LISTEN ISS
+               "      algorithms: [RS256]\n      jwks_url: https://i.example/k\n" CLUSTER
+               "routes:\n  - cluster: users\n    auth:\n      jwt: { issuers: [mian] }\n",
+               "t.yaml:14: routes[0].auth.jwt.issuers: unknown issuer 'mian'; expected one of: "
+               "main");
+    expect_sec(ROUTE "    auth:\n      api_key: true\n      jwt:\n        scopes: [a]\n",
+               "t.yaml:9: routes[0].auth.jwt: no issuer is defined; expected jwt: {issuers: "
+               "[...]} at the top level");
+    expect_sec(LISTEN "rate_limits:\n  - name: r\n    rate: 1/s\n    backend: redis\n"
+                      "    redis:\n      timeout: 5ms\n",
+               "t.yaml:6: rate_limits[0]: backend redis without a redis address; expected redis: "
+               "{address: host:port}");
+    expect_sec(ROUTE "    auth: {}\n",
+               "t.yaml:7: routes[0].auth: no method; expected jwt, api_key or both");
+    expect_sec(ROUTE "    auth: { jwt: false, api_key: false }\n",
+               "t.yaml:7: routes[0].auth: no method; expected jwt, api_key or both");
+    expect_sec(ROUTE "    auth: { api_key: true, any: true }\n",
+               "t.yaml:7: routes[0].auth.any: set without both jwt and api_key; expected any only "
+               "with both (it says that either suffices)");
+    expect_sec(LISTEN "consumers:\n  - { name: alice, groups: [gold] }\n" CLUSTER
+                      "routes:\n  - cluster: users\n    auth:\n      api_key: true\n"
+                      "      consumers: { allow: [alcie] }\n",
+               "t.yaml:11: routes[0].auth.consumers.allow: unknown consumer 'alcie'; expected one "
+               "of: alice");
+    expect_sec(LISTEN "consumers:\n  - { name: alice, groups: [gold] }\n" CLUSTER
+                      "routes:\n  - cluster: users\n    auth:\n      api_key: true\n"
+                      "      consumers: { deny_groups: [gld] }\n",
+               "t.yaml:11: routes[0].auth.consumers.deny_groups[0]: no consumer is in group 'gld'; "
+               "expected a group of some consumer under consumers");
+    expect_sec(LISTEN "consumers:\n  - { name: alice }\n" CLUSTER
+                      "routes:\n  - cluster: users\n    auth:\n"
+                      "      consumers: { allow: [alice] }\n",
+               "t.yaml:10: routes[0].auth.consumers: set without api_key; expected api_key: true "
+               "(consumers are known by their keys)");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      jwks_url: https://i.example/k\n" CLUSTER
+                          "routes:\n  - cluster: users\n    auth:\n"
+                          "      jwt: { forward_claims: { sub: \"X User\" } }\n",
+               "t.yaml:14: routes[0].auth.jwt.forward_claims.sub: found 'X User'; expected a "
+               "header name of letters, digits and !#$%&'*+-.^_`|~");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      jwks_url: https://i.example/k\n" CLUSTER
+                          "routes:\n  - cluster: users\n    auth:\n      api_key: true\n"
+                          "      jwt: { forward_claims: { sub: x-consumer } }\n",
+               "t.yaml:15: routes[0].auth.jwt.forward_claims.sub: header 'x-consumer' is also "
+               "auth.forward_consumer; expected another header");
+    expect_sec(LISTEN ISS "      algorithms: [RS256]\n      jwks_url: https://i.example/k\n" CLUSTER
+                          "routes:\n  - cluster: users\n    auth:\n"
+                          "      jwt: { required_claims: { role: [a, b] } }\n",
+               "t.yaml:14: routes[0].auth.jwt.required_claims.role: found a list; expected a claim "
+               "value (text)");
+    expect_sec(ROUTE "    cors: { origins: [\"*\"], credentials: true }\n",
+               "t.yaml:7: routes[0].cors.credentials: true with origin '*'; expected a list of "
+               "origins (browsers refuse credentials with '*')");
+    expect_sec(ROUTE "    cors: { origins: [\"https://app.example/\"] }\n",
+               "t.yaml:7: routes[0].cors.origins[0]: found 'https://app.example/'; expected \"*\" "
+               "or an origin like https://app.example or http://localhost:3000 (lowercase, no "
+               "path)");
+    expect_sec(ROUTE "    cors:\n      origins:\n        - \"https://a.example\"\n"
+                     "        - \"HTTPS://B.example:99999\"\n",
+               "t.yaml:10: routes[0].cors.origins[1]: found 'HTTPS://B.example:99999'; expected "
+               "\"*\" or an origin like https://app.example or http://localhost:3000 (lowercase, "
+               "no path)");
+    expect_sec(ROUTE "    cors: { origins: [\"*\", \"https://a.example\"] }\n",
+               "t.yaml:7: routes[0].cors.origins: '*' with other origins; expected '*' alone or a "
+               "list of origins");
+    expect_sec(ROUTE "    cors: { methods: [GET] }\n",
+               "t.yaml:7: routes[0].cors: no origins; expected origins: a list like "
+               "[\"https://app.example\"] or [\"*\"]");
+    expect_sec(ROUTE "    cors: { origins: [\"*\"], headers: [\"Content Type\"] }\n",
+               "t.yaml:7: routes[0].cors.headers[0]: found 'Content Type'; expected a header name "
+               "of letters, digits and !#$%&'*+-.^_`|~");
+    expect_sec(ROUTE "    access: { allow: [\"10.0.0.0/8\", bogus] }\n",
+               "t.yaml:7: routes[0].access.allow[1]: found 'bogus'; expected an IPv4 or IPv6 "
+               "network like 10.0.0.0/8 or \"fd00::/8\", or one address");
+    expect_sec(ROUTE "    auth: { api_key: true, forward_consumer: \"X:C\" }\n",
+               "t.yaml:7: routes[0].auth.forward_consumer: found 'X:C'; expected a header name of "
+               "letters, digits and !#$%&'*+-.^_`|~");
+    sec_dir_remove();
+}
+
+/* A key in clear is never echoed in an error (it is a secret). */
+static void test_security_no_secret_echo(void **state)
+{
+    struct polis_config *cfg = NULL;
+    struct polis_config_errors e = {0};
+    assert_int_equal(
+        load(LISTEN "consumers:\n  - name: a\n    keys: [hunter2-is-my-key]\n", &cfg, &e),
+        POLIS_EINVAL);
+    assert_int_equal(e.count, 1);
+    assert_null(strstr(e.msgs[0], "hunter2"));
+    polis__config_errors_free(&e);
+}
+
+/* The same checks on a configuration built in code. */
+static void test_security_in_code(void **state)
+{
+    struct polis_config *cfg = calloc(1, sizeof(*cfg));
+    assert_non_null(cfg);
+    polis__config_defaults(cfg);
+    cfg->source = strdup("command line");
+    assert_int_equal(polis__addr_parse(":8080", &cfg->listen), 0);
+    cfg->num_trusted_proxies = 2;
+    cfg->trusted_proxies = calloc(2, sizeof(*cfg->trusted_proxies));
+    assert_int_equal(polis__cidr_parse("10.0.0.0/8", &cfg->trusted_proxies[0]), 0);
+    cfg->trusted_proxies[1] = cfg->trusted_proxies[0];
+    cfg->trusted_proxies[1].prefix = 4; /* 10 = 0000 1010: bits past 4 are set */
+    cfg->tls.enabled = true;
+    cfg->num_rate_limits = 1;
+    cfg->rate_limits = calloc(1, sizeof(*cfg->rate_limits));
+    cfg->rate_limits[0].name = strdup("r");
+    cfg->rate_limits[0].count = 10;
+    cfg->rate_limits[0].period_ms = 2000;
+    cfg->jwt.num_issuers = 1;
+    cfg->jwt.issuers = calloc(1, sizeof(*cfg->jwt.issuers));
+    cfg->jwt.issuers[0].name = strdup("i");
+    cfg->jwt.issuers[0].issuer = strdup("iss");
+    cfg->jwt.issuers[0].algorithms = 1u << 31;
+    cfg->jwt.issuers[0].jwks_url = strdup("https://x/k");
+    cfg->jwt.issuers[0].jwks_refresh_ms = 60000;
+    cfg->jwt.issuers[0].jwks_min_refresh_ms = 1000;
+
+    struct polis_config_errors e = {0};
+    assert_int_equal(polis__config_validate(cfg, &e), POLIS_EINVAL);
+    const char *want[] = {
+        "command line: tls: no certificates; expected certificates: a list of {cert, key} (PEM "
+        "files)",
+        "command line: jwt.issuers[0].algorithms: unknown algorithm bits 0x80000000; expected "
+        "(1u << POLIS_JWT_*) bits",
+        "command line: rate_limits[0].rate: period of 2000ms; expected 1s, 1m or 1h",
+        "command line: trusted_proxies[1]: bits set past the prefix length; expected the network "
+        "0.0.0.0/4",
+    };
+    if (e.count != sizeof(want) / sizeof(want[0]))
+        dump(&e);
+    assert_int_equal(e.count, sizeof(want) / sizeof(want[0]));
+    for (size_t i = 0; i < e.count; i++)
+        assert_string_equal(e.msgs[i], want[i]);
+    polis__config_errors_free(&e);
+    /* What validation fills in: the defaults of the sections present. */
+    assert_int_equal(cfg->rate_limits[0].burst, 10);
+    assert_string_equal(cfg->tls.forward_subject, "X-Client-Subject");
+    assert_string_equal(cfg->tls.alpn[0], "http/1.1");
+    assert_string_equal(cfg->api_keys.header, "X-API-Key");
+    polis__config_free(cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2012,6 +2977,12 @@ int main(void)
         cmocka_unit_test(test_route_traffic_errors),
         cmocka_unit_test(test_resilience_multiple),
         cmocka_unit_test(test_resilience_in_code),
+        cmocka_unit_test(test_security_full),
+        cmocka_unit_test(test_security_defaults),
+        cmocka_unit_test(test_cidr),
+        cmocka_unit_test(test_security_errors),
+        cmocka_unit_test(test_security_no_secret_echo),
+        cmocka_unit_test(test_security_in_code),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
