@@ -449,7 +449,7 @@ void polis__config_defaults(struct polis_config *cfg)
     cfg->registry.max_ttl_ms = 3600000;
     cfg->registry.max_wait_ms = 300000;
     /* Edge security: off; these are the values a present section starts from. */
-    cfg->tls.min_version = POLIS_TLS_1_2;
+    cfg->tls.min_version = POLIS_CFG_TLS_1_2;
     cfg->tls.session_tickets = true;
     cfg->tls.session_timeout_ms = 300000;
     cfg->jwt.cache_size = 10000;
@@ -1662,7 +1662,7 @@ static void validate_tls(struct diag *d, struct polis_tls_cfg *t)
             file_check(d, c->key, &c->key, cl, p2, "a readable PEM private key");
         }
     }
-    if ((unsigned)t->min_version > POLIS_TLS_1_3)
+    if ((unsigned)t->min_version > POLIS_CFG_TLS_1_3)
         diag_add(d, line_of(d, &t->min_version, tl),
                  "tls.min_version: unknown version %d; expected \"1.2\" or \"1.3\"",
                  (int)t->min_version);
@@ -4216,9 +4216,9 @@ static void load_tls(struct ld *L, const struct node *m, int line)
     if ((n = get(m, "min_version", &kl))) {
         bool ok = true;
         if (scalar_eq(n, "1.2"))
-            t->min_version = POLIS_TLS_1_2;
+            t->min_version = POLIS_CFG_TLS_1_2;
         else if (scalar_eq(n, "1.3"))
-            t->min_version = POLIS_TLS_1_3;
+            t->min_version = POLIS_CFG_TLS_1_3;
         else
             ok = false;
         if (!ok)

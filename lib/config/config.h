@@ -189,7 +189,7 @@ struct polis_access_cfg {
     size_t num_deny;
 };
 
-enum polis_tls_version { POLIS_TLS_1_2 = 0, POLIS_TLS_1_3 };
+enum polis_cfg_tls_version { POLIS_CFG_TLS_1_2 = 0, POLIS_CFG_TLS_1_3 };
 
 enum polis_client_auth {
     POLIS_CLIENT_AUTH_OFF = 0,  /* no client certificate asked for */
@@ -210,7 +210,7 @@ struct polis_tls_cfg {
     bool enabled;
     struct polis_tls_cert_cfg *certs; /* at least one; chosen by SNI, the first is the default */
     size_t num_certs;
-    enum polis_tls_version min_version; /* 1.2 */
+    enum polis_cfg_tls_version min_version; /* 1.2 */
     char **alpn;                        /* protocols offered: "http/1.1" (filled by validation) */
     size_t num_alpn;
     bool session_tickets;               /* resumption by tickets (else by session IDs): true */

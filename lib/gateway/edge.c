@@ -302,3 +302,93 @@ void polis__ipcount_put(struct gw_ipcount *t, const struct polis_ip *ip)
         s->count--;
     pthread_mutex_unlock(l);
 }
+
+/* ---- TLS ------------------------------------------------------------------------------------ */
+
+static int tls_server_opts(const struct polis_config *cfg, struct polis_tls_server_opts *o,
+                           struct polis_tls_cert **certs)
+{
+    const struct polis_tls_cfg *t = &cfg->tls;
+    *certs = calloc(t->num_certs + 1, sizeof(**certs));
+    if (*certs == NULL)
+        return POLIS_ENOMEM;
+    for (size_t i = 0; i < t->num_certs; i++)
+        (*certs)[i] = (struct polis_tls_cert){t->certs[i].cert, t->certs[i].key};
+    *o = (struct polis_tls_server_opts){
+        .certs = *certs,
+        .num_certs = t->num_certs,
+        .min_version = t->min_version == POLIS_CFG_TLS_1_3 ? POLIS_TLS_1_3 : POLIS_TLS_1_2,
+        .client_verify = t->client_auth == POLIS_CLIENT_AUTH_REQUIRED   ? POLIS_TLS_VERIFY_REQUIRED
+                         : t->client_auth == POLIS_CLIENT_AUTH_OPTIONAL ? POLIS_TLS_VERIFY_OPTIONAL
+                                                                        : POLIS_TLS_VERIFY_OFF,
+        .client_ca_file = t->client_ca,
+        .session_timeout_s = (uint32_t)(t->session_timeout_ms / 1000),
+        .no_session_tickets = !t->session_tickets,
+    };
+    return 0;
+}
+
+bool polis__edge_tls_server(const struct polis_config *cfg, struct polis_tls_server **out)
+{
+    *out = NULL;
+    if (!cfg->tls.enabled)
+        return true;
+    struct polis_tls_server_opts o;
+    struct polis_tls_cert *certs;
+    if (tls_server_opts(cfg, &o, &certs) < 0)
+        return false;
+    char err[512] = "";
+    int rc = polis__tls_server_new(&o, out, err, sizeof(err));
+    free(certs);
+    if (rc < 0)
+        polis_error("tls: %s", err[0] ? err : polis_strerror(rc));
+    return rc == 0;
+}
+
+bool polis__edge_tls_reload(struct polis_tls_server *srv, const struct polis_config *cfg)
+{
+    struct polis_tls_server_opts o;
+    struct polis_tls_cert *certs;
+    if (tls_server_opts(cfg, &o, &certs) < 0)
+        return false;
+    char err[512] = "";
+    int rc = polis__tls_server_reload(srv, &o, err, sizeof(err));
+    free(certs);
+    if (rc < 0)
+        polis_error("tls reload: %s; keeping the previous certificates",
+                    err[0] ? err : polis_strerror(rc));
+    return rc == 0;
+}
+
+int polis__edge_tls_client(struct gw_cstate *cs, const struct polis_cluster_cfg *c)
+{
+    const struct polis_upstream_tls_cfg *t = &c->tls;
+    char key[2048] = "";
+    if (t->enabled)
+        snprintf(key, sizeof(key), "%s\n%d\n%s\n%s\n%s", t->ca ? t->ca : "", t->verify,
+                 t->server_name ? t->server_name : "", t->cert ? t->cert : "",
+                 t->key ? t->key : "");
+    if ((cs->tls_key == NULL && !t->enabled) ||
+        (cs->tls_key != NULL && t->enabled && strcmp(cs->tls_key, key) == 0))
+        return 0; /* unchanged */
+    struct polis_tls_client *cli = NULL;
+    if (t->enabled) {
+        struct polis_tls_client_opts o = {
+            .ca_file = t->ca,
+            .insecure_skip_verify = !t->verify,
+            .cert_file = t->cert,
+            .key_file = t->key,
+        };
+        char err[512] = "";
+        int rc = polis__tls_client_new(&o, &cli, err, sizeof(err));
+        if (rc < 0) {
+            polis_error("cluster %s: tls: %s", c->name, err[0] ? err : polis_strerror(rc));
+            return rc;
+        }
+    }
+    /* Connections hold their own reference: the old client can go now. */
+    polis__tls_client_free(atomic_exchange(&cs->tls, cli));
+    free(cs->tls_key);
+    cs->tls_key = t->enabled ? strdup(key) : NULL;
+    return 0;
+}

@@ -13,6 +13,7 @@
 #include "security/clientip.h"
 #include "security/pathnorm.h"
 #include "security/ratelimit.h"
+#include "security/tls.h"
 #include <polis/http.h>
 #include <polis/metrics.h>
 
@@ -105,6 +106,8 @@ struct gw_cstate {
     struct polis_gateway *gw;
     struct polis_breaker *_Atomic breaker; /* circuit_breaker, or NULL */
     struct polis_breaker_cfg bcfg, ibcfg;  /* what the breakers were made from */
+    struct polis_tls_client *_Atomic tls;  /* TLS to the instances, or NULL */
+    char *tls_key;                         /* the settings it was made from */
     struct polis_outlier_cluster outlier;
     struct polis_retry_budget budget;
     atomic_uint conns, pending, requests; /* bulkheads */
@@ -157,6 +160,13 @@ struct gw_ipcount *polis__ipcount_new(void);
 void polis__ipcount_free(struct gw_ipcount *t);
 bool polis__ipcount_take(struct gw_ipcount *t, const struct polis_ip *ip, uint32_t cap);
 void polis__ipcount_put(struct gw_ipcount *t, const struct polis_ip *ip);
+
+/* TLS (edge.c): the listener's server from the configuration (NULL when off; false on error,
+ * logged); a reload of its certificates and settings. */
+bool polis__edge_tls_server(const struct polis_config *cfg, struct polis_tls_server **out);
+bool polis__edge_tls_reload(struct polis_tls_server *srv, const struct polis_config *cfg);
+/* The cluster's TLS client, made again when its settings changed (under rebuild_lock). */
+int polis__edge_tls_client(struct gw_cstate *cs, const struct polis_cluster_cfg *c);
 
 /* Compile and free a configuration's edge security (edge.c). */
 int polis__edge_compile(struct gw_cfgref *cref);
@@ -291,6 +301,7 @@ struct polis_gateway {
     struct polis_registry *registry; /* the embedded registry, or NULL */
     bool upstream_ready;             /* polis__upstream_init() succeeded */
     struct gw_ipcount *ipcount;      /* connections per client address */
+    struct polis_tls_server *tls;    /* TLS termination on the listener, or NULL */
     int snap_workers;                /* workers every snapshot is built for */
     atomic_uint_fast64_t version;
     struct gw_worker *workers;

@@ -144,6 +144,8 @@ static void u_free(struct gw_uconn *u)
     if (u->cs != NULL)
         atomic_fetch_sub_explicit(&u->cs->conns, 1, memory_order_relaxed);
     polis_timer_cancel(u->wk->loop, &u->timer);
+    if (polis__tls_is_tls(&u->io))
+        polis__tls_io_free(&u->io);
     if (u->io.fd >= 0) { /* in-memory peers (tests) have no descriptor */
         polis_loop_del(u->wk->loop, &u->w);
         close(u->w.fd);
@@ -231,7 +233,8 @@ void polis__pools_close_all(struct gw_worker *wk)
 }
 
 /* Open a new connection to the pool's address. Returns NULL with errno set on failure. */
-static struct gw_uconn *u_connect(struct gw_worker *wk, struct gw_pool *p)
+static struct gw_uconn *u_connect(struct gw_worker *wk, struct gw_pool *p,
+                                  struct polis_tls_client *tls, const char *sni)
 {
     if (wk->connect_io != NULL) { /* tests: an in-memory upstream instead of a socket */
         struct gw_uconn *u = calloc(1, sizeof(*u));
@@ -269,6 +272,24 @@ static struct gw_uconn *u_connect(struct gw_worker *wk, struct gw_pool *p)
         u->can_write = true;
     } else if (errno != EINPROGRESS) {
         goto fail_free;
+    }
+    if (tls != NULL) {
+        /* The handshake runs inside the first writes and reads, over the connecting socket. */
+        char host[64];
+        if (sni == NULL) { /* the instance's host: its address without the port */
+            const char *t = p->addr.text, *colon = strrchr(t, ':');
+            size_t n = colon != NULL ? (size_t)(colon - t) : strlen(t);
+            if (n > 1 && t[0] == '[') {
+                t++;
+                n -= 2;
+            }
+            snprintf(host, sizeof(host), "%.*s", (int)n, t);
+            sni = host;
+        }
+        if (polis__tls_connect(tls, fd, sni, p->addr.text, &u->io) < 0) {
+            errno = EPROTO;
+            goto fail_free;
+        }
     }
     if (polis_loop_add(wk->loop, &u->w, fd, POLIS_EV_READ | POLIS_EV_WRITE, u_event) < 0)
         goto fail_free;
@@ -310,6 +331,8 @@ static void d_free(struct gw_dconn *c)
     }
     polis_timer_cancel(wk->loop, &c->timer);
     polis_timer_cancel(wk->loop, &c->req_timer);
+    if (polis__tls_is_tls(&c->io))
+        polis__tls_io_free(&c->io);
     if (c->io.fd >= 0) {
         polis_loop_del(wk->loop, &c->w);
         close(c->w.fd);
@@ -408,6 +431,10 @@ void polis__proxy_accept(struct gw_worker *wk, int fd, const struct sockaddr_sto
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
     struct polis_io io;
     polis_io_socket(&io, fd);
+    if (wk->gw->tls != NULL && polis__tls_accept(wk->gw->tls, fd, &io) < 0) {
+        close(fd);
+        return;
+    }
     d_start(wk, &io, ss);
 }
 
@@ -929,7 +956,16 @@ static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
         APPEND_LIT(b, ", ");
     }
     polis_buf_append(b, c->ip, c->ip_len);
-    APPEND_LIT(b, "\r\nX-Forwarded-Proto: http\r\n");
+    if (polis__tls_is_tls(&c->io)) {
+        APPEND_LIT(b, "\r\nX-Forwarded-Proto: https\r\n");
+        const struct polis_tls_cfg *tc = &r->ws->snap->cfg->tls;
+        char subject[1024];
+        if (tc->client_auth != POLIS_CLIENT_AUTH_OFF && tc->forward_subject != NULL &&
+            polis__tls_peer_subject(&c->io, subject, sizeof(subject)) == 0)
+            polis_buf_printf(b, "%s: %s\r\n", tc->forward_subject, subject);
+    } else {
+        APPEND_LIT(b, "\r\nX-Forwarded-Proto: http\r\n");
+    }
     int hi = m->hdr_index[POLIS_HDR_HOST];
     if (hi >= 0) {
         APPEND_LIT(b, "X-Forwarded-Host: ");
@@ -1769,7 +1805,8 @@ static int req_connect(struct gw_dconn *c, bool fresh)
             }
             r->counted_pending = true;
         }
-        u = u_connect(c->wk, p);
+        u = u_connect(c->wk, p, atomic_load_explicit(&r->cs->tls, memory_order_acquire),
+                      cl->tls.server_name);
         if (u == NULL) {
             upstream_failed(c, 502, "cannot connect to upstream", GW_ERR_CONNECT);
             return DONE;

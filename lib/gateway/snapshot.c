@@ -137,6 +137,8 @@ static int cluster_fill(struct polis_gateway *gw, struct gw_snapshot *s, size_t 
     cr->cs = polis__cstate_get(gw, c);
     if (cr->cs == NULL)
         return POLIS_ENOMEM;
+    if (polis__edge_tls_client(cr->cs, c) < 0)
+        return POLIS_EINVAL;
     int rc;
     if (c->discovery.kind == POLIS_DISC_STATIC) {
         rc = polis__instances_copy(c->instances, c->num_instances, &cr->insts);

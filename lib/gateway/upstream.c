@@ -496,6 +496,8 @@ void polis__upstream_free(struct polis_gateway *gw)
         struct gw_cstate *cs = gw->cstates;
         gw->cstates = cs->next;
         polis__breaker_free(atomic_load(&cs->breaker));
+        polis__tls_client_free(atomic_load(&cs->tls));
+        free(cs->tls_key);
         free(cs->dkey);
         polis__instances_free(cs->set, cs->set_n);
         free(cs->name);

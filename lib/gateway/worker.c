@@ -386,6 +386,7 @@ static void gateway_free(struct polis_gateway *gw)
         polis_tracer_stop(gw->tracer);
     polis__gw_metrics_free(&gw->metrics); /* the workers' shards go with it */
     polis__ipcount_free(gw->ipcount);
+    polis__tls_server_free(gw->tls);
     free(gw);
 }
 
@@ -426,6 +427,8 @@ int polis__gateway_start(struct polis_config *cfg, struct polis_gateway **out)
     if (cfg->registry.enabled && polis__registry_new(&cfg->registry, &gw->registry) < 0)
         rc = POLIS_ENOMEM;
     polis__upstream_registry_ready(gw);
+    if (rc == 0 && !polis__edge_tls_server(cfg, &gw->tls))
+        rc = POLIS_EINVAL;
     if (rc == 0)
         rc = polis__upstream_apply(gw, cfg);
     if (rc == 0)
@@ -541,6 +544,13 @@ int polis__gateway_reload(struct polis_gateway *gw, struct polis_config *cfg)
         return POLIS_ENOMEM;
     }
     polis__upstream_registry_ready(gw);
+    if (cfg->tls.enabled != (gw->tls != NULL))
+        polis_warn("reload: TLS on the listener is turned %s only on restart",
+                   cfg->tls.enabled ? "on" : "off");
+    else if (gw->tls != NULL && !polis__edge_tls_reload(gw->tls, cfg)) {
+        pthread_mutex_unlock(&gw->rebuild_lock);
+        return POLIS_EINVAL;
+    }
     struct gw_cfgref *cref = polis__cfgref_new(cfg);
     if (cref == NULL) {
         pthread_mutex_unlock(&gw->rebuild_lock);
@@ -668,7 +678,7 @@ int polis__gateway_main(struct polis_config *cfg, const char *path)
                 continue;
             }
             if (polis__gateway_reload(gw, ncfg) < 0) {
-                polis_error("reload refused: out of memory");
+                polis_error("reload refused; still serving the previous configuration");
                 polis__config_free(ncfg);
             }
         } else if (sig == SIGUSR1) {

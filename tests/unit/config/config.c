@@ -2232,7 +2232,7 @@ static void test_security_full(void **state)
     snprintf(want, sizeof(want), "%s/b.key", sec_dir);
     assert_string_equal(t->certs[1].key, want);
     assert_int_equal(t->certs[1].line, 8);
-    assert_int_equal(t->min_version, POLIS_TLS_1_3);
+    assert_int_equal(t->min_version, POLIS_CFG_TLS_1_3);
     assert_int_equal(t->num_alpn, 1);
     assert_string_equal(t->alpn[0], "http/1.1");
     assert_false(t->session_tickets);
@@ -2435,7 +2435,7 @@ static void test_security_defaults(void **state)
     struct polis_config d;
     polis__config_defaults(&d);
     assert_false(d.tls.enabled);
-    assert_int_equal(d.tls.min_version, POLIS_TLS_1_2);
+    assert_int_equal(d.tls.min_version, POLIS_CFG_TLS_1_2);
     assert_true(d.tls.session_tickets);
     assert_int_equal(d.tls.session_timeout_ms, 300000);
     assert_int_equal(d.tls.client_auth, POLIS_CLIENT_AUTH_OFF);
@@ -2471,7 +2471,7 @@ static void test_security_defaults(void **state)
                                "routes:\n  - cluster: users\n    rate_limit: r\n"
                                "    cors: { origins: [\"https://a.example\"] }\n");
     assert_true(cfg->tls.enabled);
-    assert_int_equal(cfg->tls.min_version, POLIS_TLS_1_2);
+    assert_int_equal(cfg->tls.min_version, POLIS_CFG_TLS_1_2);
     assert_true(cfg->tls.session_tickets);
     assert_int_equal(cfg->tls.session_timeout_ms, 300000);
     assert_int_equal(cfg->tls.client_auth, POLIS_CLIENT_AUTH_OFF);
