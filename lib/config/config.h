@@ -211,7 +211,7 @@ struct polis_tls_cfg {
     struct polis_tls_cert_cfg *certs; /* at least one; chosen by SNI, the first is the default */
     size_t num_certs;
     enum polis_cfg_tls_version min_version; /* 1.2 */
-    char **alpn;                        /* protocols offered: "http/1.1" (filled by validation) */
+    char **alpn; /* protocols offered: "http/1.1" (filled by validation) */
     size_t num_alpn;
     bool session_tickets;               /* resumption by tickets (else by session IDs): true */
     uint64_t session_timeout_ms;        /* how long a session may be resumed: 5 min */
