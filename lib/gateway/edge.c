@@ -190,7 +190,27 @@ int polis__edge_compile(struct gw_cfgref *cref)
         }
         for (size_t k = 0; k < r->num_rate_limits; k++)
             rs->limits[rs->num_limits++] = r->rate_limits[k].index;
-        rc = owned_headers(cfg, r, rs);
+        if (rc == 0)
+            rc = owned_headers(cfg, r, rs);
+        if (rc == 0 && r->cors.enabled) {
+            const struct polis_cors_cfg *cc = &r->cors;
+            struct polis_cors_spec spec = {
+                (const char *const *)cc->origins,
+                cc->num_origins,
+                (const char *const *)cc->methods,
+                cc->num_methods,
+                (const char *const *)cc->headers,
+                cc->num_headers,
+                (const char *const *)cc->expose_headers,
+                cc->num_expose_headers,
+                cc->credentials,
+                cc->max_age_ms > 0 ? (int64_t)(cc->max_age_ms / 1000) : -1,
+            };
+            char err[256] = "";
+            rc = polis__cors_new(&spec, &rs->cors, err, sizeof(err));
+            if (rc < 0)
+                polis_error("route %s: cors: %s", r->name, err);
+        }
     }
     return rc;
 }
@@ -207,6 +227,7 @@ void polis__edge_free(struct gw_cfgref *cref)
         free(rs->acl_deny);
         free(rs->limits);
         free(rs->owned);
+        polis__cors_free(rs->cors);
     }
     free(sec->routes);
     for (size_t i = 0; sec->limiters != NULL && cfg != NULL && i < cfg->num_rate_limits; i++)

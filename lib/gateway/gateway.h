@@ -11,6 +11,7 @@
 #include "security/apikey.h"
 #include "security/cidr.h"
 #include "security/clientip.h"
+#include "security/cors.h"
 #include "security/pathnorm.h"
 #include "security/ratelimit.h"
 #include "security/tls.h"
@@ -132,6 +133,7 @@ struct gw_route_sec {
     size_t num_limits;
     const char **owned; /* identity headers the gateway sets: clients' copies are dropped */
     size_t num_owned;
+    struct polis_cors *cors; /* NULL: no CORS handling */
 };
 
 /* A configuration's edge security, compiled once per configuration (edge.c). */

@@ -63,6 +63,9 @@ struct gw_req {
     const char *www_auth;                  /* for a 401 of the gateway's own */
     char rl_hdr[192];                      /* RateLimit-* lines for the answer, or "" */
     uint8_t rl_len;
+    bool cors;      /* the route handles CORS: upstream Access-Control-* are dropped */
+    char *cors_hdr; /* CORS lines for the answer (allocated only when there are some) */
+    uint16_t cors_len;
     struct gw_uconn *up;
     struct polis_buf hbuf; /* the head sent upstream (kept for a replay on a stale connection) */
     size_t hsent;
@@ -1031,6 +1034,9 @@ static int build_client_head(struct gw_dconn *c, const struct polis_h1_msg *m, b
             continue;
         if (!interim && h->id == POLIS_HDR_X_REQUEST_ID)
             continue;
+        if (r->cors && h->name.len > 15 &&
+            polis_str_caseeq((struct polis_str){h->name.p, 15}, POLIS_STR("Access-Control-")))
+            continue; /* the route's CORS policy speaks, not the service's */
         append_str(b, h->name);
         APPEND_LIT(b, ": ");
         append_str(b, h->value);
@@ -1058,6 +1064,8 @@ static int build_client_head(struct gw_dconn *c, const struct polis_h1_msg *m, b
             append_header_ops(b, &rt->response_headers);
         if (r->rl_len > 0)
             polis_buf_append(b, r->rl_hdr, r->rl_len);
+        if (r->cors_len > 0)
+            polis_buf_append(b, r->cors_hdr, r->cors_len);
     }
     int rc = APPEND_LIT(b, "\r\n");
     return rc < 0 ? POLIS_ETOOBIG : 0;
@@ -1078,19 +1086,28 @@ static void error_response(struct gw_dconn *c, int status, const char *code, con
         c->close_after = true;
     b->start = b->end = 0;
     r->dsent = 0;
-    polis_buf_printf(b,
-                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n"
-                     "X-Request-Id: %.*s\r\n%s",
-                     status, polis_http_reason(status), n, (int)r->request_id_len, r->request_id,
-                     c->close_after ? "Connection: close\r\n" : "");
+    if (status == 204) { /* a preflight's answer: no body, no framing headers */
+        polis_buf_printf(b, "HTTP/1.1 204 No Content\r\nX-Request-Id: %.*s\r\n%s",
+                         (int)r->request_id_len, r->request_id,
+                         c->close_after ? "Connection: close\r\n" : "");
+        n = 0;
+    } else {
+        polis_buf_printf(b,
+                         "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: "
+                         "%d\r\nX-Request-Id: %.*s\r\n%s",
+                         status, polis_http_reason(status), n, (int)r->request_id_len,
+                         r->request_id, c->close_after ? "Connection: close\r\n" : "");
+    }
     if (r->retry_after_s > 0)
         polis_buf_printf(b, "Retry-After: %u\r\n", r->retry_after_s);
     if (r->www_auth != NULL)
         polis_buf_printf(b, "WWW-Authenticate: %s\r\n", r->www_auth);
     if (r->rl_len > 0)
         polis_buf_append(b, r->rl_hdr, r->rl_len);
+    if (r->cors_len > 0)
+        polis_buf_append(b, r->cors_hdr, r->cors_len);
     APPEND_LIT(b, "\r\n");
-    if (!r->head_request)
+    if (!r->head_request && n > 0)
         polis_buf_append(b, body, (size_t)n);
     r->status = status;
     r->resp_head_done = true;
@@ -1474,6 +1491,66 @@ static size_t limit_key(const struct gw_dconn *c, const struct polis_h1_msg *m,
     return ip->family == AF_INET ? 4 : 16;
 }
 
+/* CORS of the route, before authentication (a browser's preflight carries no credentials).
+ * Returns false when an answer was prepared (a preflight's 204 or 403, or 400 for two Origin
+ * lines); else the headers for the response are kept in the request. */
+static bool cors_check(struct gw_dconn *c, const struct polis_h1_msg *m,
+                       const struct polis_cors *policy)
+{
+    struct gw_req *r = &c->r;
+    struct polis_cors_request q = {.method = m->method};
+    struct polis_str acrh[8];
+    int origins = 0;
+    for (size_t i = 0; i < m->num_headers; i++) {
+        const struct polis_h1_header *h = &m->headers[i];
+        if (polis_str_caseeq(h->name, POLIS_STR("Origin"))) {
+            q.origin = h->value;
+            origins++;
+        } else if (polis_str_caseeq(h->name, POLIS_STR("Access-Control-Request-Method"))) {
+            q.acr_method = h->value;
+        } else if (polis_str_caseeq(h->name, POLIS_STR("Access-Control-Request-Headers")) &&
+                   q.num_acr_headers < 8) {
+            acrh[q.num_acr_headers++] = h->value;
+        }
+    }
+    q.acr_headers = acrh;
+    if (origins > 1) {
+        error_response(c, 400, "bad_request", "more than one Origin header");
+        return false;
+    }
+    r->cors = true;
+    struct polis_cors_result res;
+    polis__cors_evaluate(policy, &q, &res);
+    if (res.action == POLIS_CORS_PREFLIGHT_DENIED) { /* no CORS header at all */
+        error_response(c, 403, "cors_forbidden", "this origin, method or header is not allowed");
+        return false;
+    }
+    struct polis_buf lines;
+    polis_buf_init(&lines, 8192);
+    for (size_t k = 0; k < res.num_headers; k++) {
+        append_str(&lines, res.headers[k].name);
+        APPEND_LIT(&lines, ": ");
+        append_str(&lines, res.headers[k].value);
+        APPEND_LIT(&lines, "\r\n");
+    }
+    if (res.vary.len > 0) {
+        APPEND_LIT(&lines, "Vary: ");
+        append_str(&lines, res.vary);
+        APPEND_LIT(&lines, "\r\n");
+    }
+    size_t n = polis_buf_len(&lines);
+    if (n > 0 && n < UINT16_MAX && (r->cors_hdr = malloc(n)) != NULL) {
+        memcpy(r->cors_hdr, polis_buf_head(&lines), n);
+        r->cors_len = (uint16_t)n;
+    }
+    polis_buf_free(&lines);
+    if (res.action == POLIS_CORS_PREFLIGHT_OK) {
+        error_response(c, 204, "preflight", "");
+        return false;
+    }
+    return true;
+}
+
 /* Access lists, authentication and rate limits of the request's route. Returns false when an
  * answer was prepared (403, 401, 429 or 503). */
 static bool edge_check(struct gw_dconn *c, const struct polis_h1_msg *m, struct polis_str query)
@@ -1492,6 +1569,8 @@ static bool edge_check(struct gw_dconn *c, const struct polis_h1_msg *m, struct 
         error_response(c, 403, "forbidden", "the client address is not allowed on this route");
         return false;
     }
+    if (rs->cors != NULL && !cors_check(c, m, rs->cors))
+        return false;
     if (rt->auth.api_key || rt->auth.jwt) {
         struct polis_str key;
         bool key_ok = false, jwt_ok = false;
@@ -1611,6 +1690,9 @@ static void req_begin(struct gw_dconn *c)
 static void req_release(struct gw_dconn *c)
 {
     struct gw_req *r = &c->r;
+    free(r->cors_hdr);
+    r->cors_hdr = NULL;
+    r->cors_len = 0;
     if (r->mirror != NULL) {
         polis__mirror_primary_end(r->mirror, r->resp_done && r->upstream_answered);
         r->mirror = NULL;

@@ -326,3 +326,40 @@ def test_connections_per_address_capped_and_top_level_deny(gateways, make_origin
     g2 = gateways.start(config=deny)
     with pytest.raises(requests.RequestException):
         requests.get(g2.url("/x"), timeout=2)
+
+
+def test_cors_preflight_and_response_headers(gateways, make_origin):
+    o = make_origin("svc")
+    o.set("fixed", status=200, body="ok", **{"h_Access-Control-Allow-Origin": "*"})
+
+    def make(port, admin_port):
+        cfg = base_config(port, admin_port, consumers=consumers())
+        cfg["clusters"] = [{"name": "app", "instances": [o.addr]}]
+        cfg["routes"] = [{"name": "api", "match": {"prefix": "/"}, "cluster": "app",
+                          "auth": {"api_key": True},
+                          "cors": {"origins": ["https://app.example"], "methods": ["GET", "PUT"],
+                                   "headers": ["X-API-Key"], "credentials": True,
+                                   "max_age": "10m"}}]
+        return cfg
+
+    g = gateways.start(config=make)
+    pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "PUT",
+           "Access-Control-Request-Headers": "x-api-key"}
+    r = requests.options(g.url("/x"), headers=pre, timeout=5)  # no key: preflights need none
+    assert r.status_code == 204, r.text
+    assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"
+    assert "PUT" in r.headers["Access-Control-Allow-Methods"]
+    assert r.headers["Access-Control-Max-Age"] == "600"
+    assert o.snapshot() == []
+    bad = dict(pre, Origin="https://evil.example")
+    r = requests.options(g.url("/x"), headers=bad, timeout=5)
+    assert r.status_code == 403 and "Access-Control-Allow-Origin" not in r.headers
+    r = requests.get(g.url("/x"), headers={"Origin": "https://app.example",
+                                           "X-API-Key": KEY_ALICE}, timeout=5)
+    assert r.status_code == 200
+    assert r.headers["Access-Control-Allow-Origin"] == "https://app.example"  # not the service's *
+    assert r.headers["Access-Control-Allow-Credentials"] == "true"
+    assert "Origin" in r.headers.get("Vary", "")
+    r = requests.get(g.url("/x"), headers={"Origin": "https://evil.example",
+                                           "X-API-Key": KEY_ALICE}, timeout=5)
+    assert r.status_code == 200 and "Access-Control-Allow-Origin" not in r.headers
