@@ -129,7 +129,7 @@ static int consumers_new(struct gw_sec *sec, const struct polis_config *cfg)
 static int owned_headers(const struct polis_config *cfg, const struct polis_route_cfg *r,
                          struct gw_route_sec *rs)
 {
-    size_t n = 2 + r->auth.jwt_rules.num_forward_claims;
+    size_t n = 3 + r->auth.jwt_rules.num_forward_claims;
     rs->owned = calloc(n + 1, sizeof(*rs->owned));
     if (rs->owned == NULL)
         return POLIS_ENOMEM;
@@ -139,7 +139,68 @@ static int owned_headers(const struct polis_config *cfg, const struct polis_rout
         rs->owned[rs->num_owned++] = r->auth.forward_consumer;
     for (size_t k = 0; k < r->auth.jwt_rules.num_forward_claims; k++)
         rs->owned[rs->num_owned++] = r->auth.jwt_rules.forward_claims[k].value;
+    if (r->auth.jwt && r->auth.jwt_rules.strip_authorization)
+        rs->owned[rs->num_owned++] = "Authorization";
     return 0;
+}
+
+/* The configuration's issuers as the verifier wants them. */
+static int jwt_new(struct gw_sec *sec, const struct polis_config *cfg)
+{
+    const struct polis_jwt_cfg *jc = &cfg->jwt;
+    if (jc->num_issuers == 0)
+        return 0;
+    struct polis_jwt_issuer_opts *io = calloc(jc->num_issuers, sizeof(*io));
+    const char **algs = calloc(jc->num_issuers * POLIS_JWT__COUNT + 1, sizeof(*algs));
+    size_t nkeys = 0;
+    for (size_t i = 0; i < jc->num_issuers; i++)
+        nkeys += jc->issuers[i].num_keys;
+    struct polis_jwt_key_opts *ko = calloc(nkeys + 1, sizeof(*ko));
+    int rc = POLIS_ENOMEM;
+    if (io == NULL || algs == NULL || ko == NULL)
+        goto out;
+    size_t ka = 0, kk = 0;
+    for (size_t i = 0; i < jc->num_issuers; i++) {
+        const struct polis_jwt_issuer_cfg *ic = &jc->issuers[i];
+        struct polis_jwt_issuer_opts *o = &io[i];
+        o->name = ic->name;
+        o->issuer = ic->issuer;
+        o->audiences = (const char *const *)ic->audiences;
+        o->n_audiences = ic->num_audiences;
+        o->algorithms = &algs[ka];
+        for (int a = 0; a < POLIS_JWT__COUNT; a++)
+            if (ic->algorithms & (1u << a))
+                algs[ka + o->n_algorithms++] = polis__jwt_alg_names[a];
+        ka += o->n_algorithms;
+        o->keys = &ko[kk];
+        for (size_t k = 0; k < ic->num_keys; k++) {
+            const struct polis_jwt_key_cfg *kc = &ic->keys[k];
+            ko[kk + k] = (struct polis_jwt_key_opts){
+                .path = kc->secret_file != NULL ? kc->secret_file : kc->file,
+                .kid = kc->kid,
+                .alg = polis__jwt_alg_names[kc->alg],
+                .secret = kc->secret_file != NULL,
+            };
+        }
+        o->n_keys = ic->num_keys;
+        kk += ic->num_keys;
+        o->jwks_file = ic->jwks_file;
+        o->jwks_url = ic->jwks_url;
+        o->jwks_ca_file = ic->jwks_ca;
+        o->refresh_ms = ic->jwks_refresh_ms;
+        o->min_refresh_ms = ic->jwks_min_refresh_ms;
+        o->leeway_ms = ic->leeway_ms;
+        o->exp_optional = !ic->require_exp;
+    }
+    char err[512] = "";
+    rc = polis__jwt_new(io, jc->num_issuers, jc->cache_size, &sec->jwt, err, sizeof(err));
+    if (rc < 0)
+        polis_error("jwt: %s", err[0] ? err : polis_strerror(rc));
+out:
+    free(io);
+    free(algs);
+    free(ko);
+    return rc;
 }
 
 int polis__edge_compile(struct gw_cfgref *cref)
@@ -157,6 +218,8 @@ int polis__edge_compile(struct gw_cfgref *cref)
         rc = consumers_new(sec, cfg);
     if (rc == 0)
         rc = limiters_new(sec, cfg);
+    if (rc == 0)
+        rc = jwt_new(sec, cfg);
     sec->routes = calloc(cfg->num_routes + 1, sizeof(*sec->routes));
     if (rc == 0 && sec->routes == NULL)
         rc = POLIS_ENOMEM;
@@ -192,6 +255,16 @@ int polis__edge_compile(struct gw_cfgref *cref)
             rs->limits[rs->num_limits++] = r->rate_limits[k].index;
         if (rc == 0)
             rc = owned_headers(cfg, r, rs);
+        rs->jwt_issuers = POLIS_JWT_ANY_ISSUER;
+        if (rc == 0 && r->auth.jwt && r->auth.jwt_rules.num_issuers > 0 && sec->jwt != NULL) {
+            const char **names =
+                ref_names(r->auth.jwt_rules.issuers, r->auth.jwt_rules.num_issuers);
+            rc = names == NULL
+                     ? POLIS_ENOMEM
+                     : polis__jwt_issuer_mask(sec->jwt, names, r->auth.jwt_rules.num_issuers,
+                                              &rs->jwt_issuers);
+            free(names);
+        }
         if (rc == 0 && r->cors.enabled) {
             const struct polis_cors_cfg *cc = &r->cors;
             struct polis_cors_spec spec = {
@@ -237,6 +310,7 @@ void polis__edge_free(struct gw_cfgref *cref)
     free(sec->limiters);
     free(sec->redis);
     polis__consumers_unref(sec->consumers);
+    polis__jwt_free(sec->jwt);
     polis__cidr_list_free(sec->allow);
     polis__cidr_list_free(sec->deny);
     polis__cidr_list_free(sec->trusted);

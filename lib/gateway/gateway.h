@@ -11,6 +11,7 @@
 #include "security/apikey.h"
 #include "security/cidr.h"
 #include "security/clientip.h"
+#include "security/jwt.h"
 #include "security/cors.h"
 #include "security/pathnorm.h"
 #include "security/ratelimit.h"
@@ -134,6 +135,7 @@ struct gw_route_sec {
     const char **owned; /* identity headers the gateway sets: clients' copies are dropped */
     size_t num_owned;
     struct polis_cors *cors; /* NULL: no CORS handling */
+    uint64_t jwt_issuers;    /* the issuers whose tokens the route accepts (a mask) */
 };
 
 /* A configuration's edge security, compiled once per configuration (edge.c). */
@@ -141,6 +143,7 @@ struct gw_sec {
     struct polis_cidr_list *allow, *deny, *trusted; /* NULL: none */
     struct polis_clientip_cfg clientip;
     struct polis_consumers *consumers;
+    struct polis_jwt_verifier *jwt;       /* NULL: no jwt section */
     struct polis_ratelimit **limiters;    /* [num_rate_limits] */
     struct polis_ratelimit_redis **redis; /* [num_rate_limits]: the ones owned, or NULL */
     struct gw_route_sec *routes;          /* [num_routes] */

@@ -63,6 +63,10 @@ struct gw_req {
     const char *www_auth;                  /* for a 401 of the gateway's own */
     char rl_hdr[192];                      /* RateLimit-* lines for the answer, or "" */
     uint8_t rl_len;
+    char *id_hdr; /* identity lines for the upstream (forwarded claims), or NULL */
+    size_t id_len;
+    char jwt_key[160]; /* iss and sub of a verified token: a consumer's rate-limit key */
+    uint8_t jwt_key_len;
     bool cors;      /* the route handles CORS: upstream Access-Control-* are dropped */
     char *cors_hdr; /* CORS lines for the answer (allocated only when there are some) */
     uint16_t cors_len;
@@ -1000,6 +1004,8 @@ static int build_upstream_head(struct gw_dconn *c, const struct polis_h1_msg *m,
         polis_buf_append(b, tp, POLIS_TRACEPARENT_LEN);
         APPEND_LIT(b, "\r\n");
     }
+    if (r->id_len > 0)
+        polis_buf_append(b, r->id_hdr, r->id_len);
     if (r->consumer != NULL && rt->auth.forward_consumer != NULL) {
         polis_buf_printf(b, "%s: %s\r\n", rt->auth.forward_consumer, r->consumer->name);
     }
@@ -1470,6 +1476,10 @@ static size_t limit_key(const struct gw_dconn *c, const struct polis_h1_msg *m,
             *out = r->consumer->name;
             return strlen(r->consumer->name);
         }
+        if (r->jwt_key_len > 0) {
+            *out = r->jwt_key;
+            return r->jwt_key_len;
+        }
         break; /* no consumer: by client address */
     case POLIS_RL_KEY_ROUTE:
         *out = r->route->name;
@@ -1551,6 +1561,57 @@ static bool cors_check(struct gw_dconn *c, const struct polis_h1_msg *m,
     return true;
 }
 
+/* The route's JWT rules: a valid bearer token of an accepted issuer, the required claims and
+ * scopes; the claims to forward kept for the upstream head. Returns true when they hold. */
+static bool jwt_check(struct gw_dconn *c, const struct polis_h1_msg *m,
+                      const struct gw_route_sec *rs, struct polis_jwt_verifier *v)
+{
+    struct gw_req *r = &c->r;
+    const struct polis_route_jwt_cfg *jr = &r->route->auth.jwt_rules;
+    struct polis_str token = {NULL, 0};
+    for (size_t i = 0; i < m->num_headers && token.p == NULL; i++) {
+        if (polis_str_caseeq(m->headers[i].name, POLIS_STR("Authorization")))
+            if (polis__jwt_bearer(m->headers[i].value, &token) < 0)
+                token.p = NULL;
+    }
+    if (token.p == NULL || v == NULL)
+        return false;
+    struct polis_jwt_result res = {0};
+    bool ok =
+        polis__jwt_verify(v, token.p, token.len, (int64_t)time(NULL), rs->jwt_issuers, &res) == 0;
+    for (size_t k = 0; ok && k < jr->num_required_claims; k++)
+        ok = polis__jwt_claim_equals(res.claims, jr->required_claims[k].name,
+                                     jr->required_claims[k].value);
+    if (ok && jr->num_scopes > 0)
+        ok = polis__jwt_has_scopes(res.claims, (const char *const *)jr->scopes, jr->num_scopes);
+    if (ok) {
+        const char *iss = json_string_value(json_object_get(res.claims, "iss"));
+        const char *sub = json_string_value(json_object_get(res.claims, "sub"));
+        int n = snprintf(r->jwt_key, sizeof(r->jwt_key), "%s\n%s", iss ? iss : "", sub ? sub : "");
+        r->jwt_key_len = n > 0 && (size_t)n < sizeof(r->jwt_key) ? (uint8_t)n : 0;
+        struct polis_buf lines;
+        polis_buf_init(&lines, 16384);
+        for (size_t k = 0; k < jr->num_forward_claims; k++) {
+            char val[2048];
+            size_t len;
+            if (polis__jwt_claim_string(res.claims, jr->forward_claims[k].name, val, sizeof(val),
+                                        &len) == 0)
+                polis_buf_printf(&lines, "%s: %.*s\r\n", jr->forward_claims[k].value, (int)len,
+                                 val);
+        }
+        size_t n2 = polis_buf_len(&lines);
+        if (n2 > 0 && (r->id_hdr = malloc(n2)) != NULL) {
+            memcpy(r->id_hdr, polis_buf_head(&lines), n2);
+            r->id_len = n2;
+        }
+        polis_buf_free(&lines);
+    } else if (res.detail != NULL) {
+        polis_debug("jwt refused: %s (%s)", polis__jwt_reason_name(res.reason), res.detail);
+    }
+    polis__jwt_result_free(&res);
+    return ok;
+}
+
 /* Access lists, authentication and rate limits of the request's route. Returns false when an
  * answer was prepared (403, 401, 429 or 503). */
 static bool edge_check(struct gw_dconn *c, const struct polis_h1_msg *m, struct polis_str query)
@@ -1578,6 +1639,8 @@ static bool edge_check(struct gw_dconn *c, const struct polis_h1_msg *m, struct 
             r->consumer = polis__consumers_lookup_key(sec->consumers, key);
             key_ok = r->consumer != NULL;
         }
+        if (rt->auth.jwt && (!rt->auth.any || !key_ok))
+            jwt_ok = jwt_check(c, m, rs, sec->jwt);
         bool ok = rt->auth.any ? key_ok || jwt_ok
                                : (!rt->auth.api_key || key_ok) && (!rt->auth.jwt || jwt_ok);
         if (!ok) {
@@ -1693,6 +1756,9 @@ static void req_release(struct gw_dconn *c)
     free(r->cors_hdr);
     r->cors_hdr = NULL;
     r->cors_len = 0;
+    free(r->id_hdr);
+    r->id_hdr = NULL;
+    r->id_len = 0;
     if (r->mirror != NULL) {
         polis__mirror_primary_end(r->mirror, r->resp_done && r->upstream_answered);
         r->mirror = NULL;

@@ -5,6 +5,7 @@
 #ifndef POLIS_SECURITY_JWT_H
 #define POLIS_SECURITY_JWT_H
 
+#include "config/config.h"
 #include <polis/core.h>
 
 #include <jansson.h>
@@ -23,19 +24,8 @@
 #define POLIS_JWT_KIDLESS_TRIES 16    /* keys tried for a token without kid */
 
 /* Signature algorithms (the JOSE names are "HS256", ..., "EdDSA"). "none" is never one. */
-enum polis_jwt_alg {
-    POLIS_JWT_HS256 = 0,
-    POLIS_JWT_HS384,
-    POLIS_JWT_HS512,
-    POLIS_JWT_RS256,
-    POLIS_JWT_RS384,
-    POLIS_JWT_RS512,
-    POLIS_JWT_PS256,
-    POLIS_JWT_ES256,
-    POLIS_JWT_ES384,
-    POLIS_JWT_EDDSA, /* Ed25519 only */
-    POLIS_JWT_ALG__COUNT
-};
+/* The algorithms: the configuration's enum polis_jwt_alg (config/config.h), one list for both. */
+#define POLIS_JWT_ALG__COUNT POLIS_JWT__COUNT
 
 /* Why a token was refused (polis_jwt_result.reason); names from polis__jwt_reason_name(). */
 enum polis_jwt_reason {
