@@ -422,6 +422,172 @@ static void route_splits_action(struct polis_gateway *gw, const char *route,
     polis__snapshot_release(s);
 }
 
+/* ---- /admin/v1/consumers ------------------------------------------------------------------ */
+
+/* "sha256:" and 64 hex digits into a digest. */
+static bool digest_of(const char *s, uint8_t out[32])
+{
+    if (strncmp(s, "sha256:", 7) != 0 || strlen(s) != 7 + 64)
+        return false;
+    for (int i = 0; i < 32; i++) {
+        unsigned v = 0;
+        for (int k = 0; k < 2; k++) {
+            char ch = s[7 + 2 * i + k];
+            int d = ch >= '0' && ch <= '9'   ? ch - '0'
+                    : ch >= 'a' && ch <= 'f' ? ch - 'a' + 10
+                    : ch >= 'A' && ch <= 'F' ? ch - 'A' + 10
+                                             : -1;
+            if (d < 0)
+                return false;
+            v = v * 16 + (unsigned)d;
+        }
+        out[i] = (uint8_t)v;
+    }
+    return true;
+}
+
+/* A consumer from a PUT body: {"groups": [...], "keys": ["sha256:..."], "key": "plain"}. A plain
+ * key is hashed at once and never kept. Returns NULL, or the field that is wrong. */
+static const char *consumer_from_json(const char *name, json_t *j, struct polis_consumer_cfg *c)
+{
+    memset(c, 0, sizeof(*c));
+    json_t *groups = json_object_get(j, "groups"), *keys = json_object_get(j, "keys");
+    json_t *plain = json_object_get(j, "key");
+    if (groups != NULL && (!json_is_array(groups) || json_array_size(groups) > 64))
+        return "groups";
+    if (keys != NULL && (!json_is_array(keys) || json_array_size(keys) > 64))
+        return "keys";
+    if (plain != NULL && (!json_is_string(plain) || json_string_length(plain) < 16))
+        return "key";
+    size_t ng = json_array_size(groups), nk = json_array_size(keys) + (plain != NULL);
+    c->name = strdup(name);
+    c->groups = calloc(ng + 1, sizeof(*c->groups));
+    c->key_sha256 = calloc(nk + 1, sizeof(*c->key_sha256));
+    if (c->name == NULL || c->groups == NULL || c->key_sha256 == NULL)
+        return "memory";
+    for (size_t i = 0; i < ng; i++) {
+        const char *g = json_string_value(json_array_get(groups, i));
+        if (g == NULL || g[0] == '\0' || (c->groups[c->num_groups++] = strdup(g)) == NULL)
+            return "groups";
+    }
+    for (size_t i = 0; i < json_array_size(keys); i++) {
+        const char *k = json_string_value(json_array_get(keys, i));
+        if (k == NULL || !digest_of(k, c->key_sha256[c->num_keys++]))
+            return "keys";
+    }
+    if (plain != NULL) {
+        char stored[POLIS_APIKEY_HASH_LEN + 1];
+        const char *k = json_string_value(plain);
+        if (polis__apikey_hash((struct polis_str){k, strlen(k)}, stored) < 0 ||
+            !digest_of(stored, c->key_sha256[c->num_keys++]))
+            return "key";
+    }
+    return NULL;
+}
+
+static void consumers_api(struct polis_gateway *gw, struct polis_str name,
+                          const struct polis_request *req, struct polis_response *res)
+{
+    if (name.len == 0) {
+        struct gw_snapshot *s = snap_ref(gw);
+        json_t *a = json_array();
+        const struct polis_config *cfg = s->cfg;
+        for (size_t i = 0; i < cfg->num_consumers; i++)
+            json_array_append_new(a, json_pack("{s:s,s:s,s:i}", "name", cfg->consumers[i].name,
+                                               "source", "config", "keys",
+                                               (int)cfg->consumers[i].num_keys));
+        pthread_mutex_lock(&gw->rebuild_lock);
+        for (size_t i = 0; i < gw->num_admin_consumers; i++)
+            json_array_append_new(a, json_pack("{s:s,s:s,s:i}", "name", gw->admin_consumers[i].name,
+                                               "source", "admin", "keys",
+                                               (int)gw->admin_consumers[i].num_keys));
+        pthread_mutex_unlock(&gw->rebuild_lock);
+        polis__snapshot_release(s);
+        reply(res, 200, json_pack("{s:o}", "consumers", a));
+        return;
+    }
+    char cname[POLIS_CONSUMER_NAME_MAX + 1];
+    if (name.len > POLIS_CONSUMER_NAME_MAX) {
+        reply_bad_field(res, "name", "expected a consumer name of at most 128 bytes");
+        return;
+    }
+    memcpy(cname, name.p, name.len);
+    cname[name.len] = '\0';
+    bool put = polis_str_eq(req->method, POLIS_STR("PUT"));
+    bool del = polis_str_eq(req->method, POLIS_STR("DELETE"));
+    if (!put && !del) {
+        polis_response_header(res, "Allow", "PUT, DELETE");
+        reply_error(res, 405, "method_not_allowed", "use PUT or DELETE");
+        return;
+    }
+    struct polis_consumer_cfg c = {0};
+    if (put) {
+        json_t *j = body_json(req, res);
+        if (j == NULL)
+            return;
+        const char *bad = consumer_from_json(cname, j, &c);
+        json_decref(j);
+        if (bad != NULL) {
+            polis__edge_consumer_free(&c);
+            reply_bad_field(res, bad,
+                            "expected groups: [names], keys: [\"sha256:<64 hex>\"] "
+                            "and/or key: a plain key of at least 16 bytes");
+            return;
+        }
+    }
+    pthread_mutex_lock(&gw->rebuild_lock);
+    const struct polis_config *cfg = gw->cref->cfg;
+    for (size_t i = 0; i < cfg->num_consumers; i++) {
+        if (strcmp(cfg->consumers[i].name, cname) == 0) {
+            pthread_mutex_unlock(&gw->rebuild_lock);
+            polis__edge_consumer_free(&c);
+            reply_error(res, 409, "conflict", "this consumer is defined in the configuration file");
+            return;
+        }
+    }
+    size_t at = gw->num_admin_consumers;
+    for (size_t i = 0; i < gw->num_admin_consumers; i++)
+        if (strcmp(gw->admin_consumers[i].name, cname) == 0)
+            at = i;
+    if (del && at == gw->num_admin_consumers) {
+        pthread_mutex_unlock(&gw->rebuild_lock);
+        reply_error(res, 404, "not_found", "no such consumer");
+        return;
+    }
+    struct polis_consumer_cfg old = {0};
+    if (at < gw->num_admin_consumers) {
+        old = gw->admin_consumers[at];
+        gw->admin_consumers[at] = gw->admin_consumers[--gw->num_admin_consumers];
+    }
+    if (put) {
+        struct polis_consumer_cfg *v = realloc(
+            gw->admin_consumers, (gw->num_admin_consumers + 1) * sizeof(*gw->admin_consumers));
+        if (v != NULL) {
+            gw->admin_consumers = v;
+            v[gw->num_admin_consumers++] = c;
+            memset(&c, 0, sizeof(c));
+        }
+    }
+    int rc = polis__gateway_publish(gw, gw->cref);
+    if (rc < 0 && put) { /* refused (a duplicate key): put the old state back */
+        polis__edge_consumer_free(&gw->admin_consumers[--gw->num_admin_consumers]);
+        if (old.name != NULL) {
+            gw->admin_consumers[gw->num_admin_consumers++] = old;
+            memset(&old, 0, sizeof(old));
+        }
+        polis__gateway_publish(gw, gw->cref);
+    }
+    pthread_mutex_unlock(&gw->rebuild_lock);
+    polis__edge_consumer_free(&old);
+    polis__edge_consumer_free(&c);
+    if (rc < 0) {
+        reply_bad_field(res, "keys", "a key is already another consumer's");
+        return;
+    }
+    polis_info("admin: consumer %s %s", cname, put ? "set" : "removed");
+    reply(res, 200, json_pack("{s:s,s:b}", "name", cname, "present", put));
+}
+
 static void admin_api(struct polis_gateway *gw, const struct polis_request *req,
                       struct polis_response *res)
 {
@@ -488,6 +654,10 @@ static void admin_api(struct polis_gateway *gw, const struct polis_request *req,
         } else {
             reply_error(res, 404, "not_found", "expected /admin/v1/routes/{name}/splits");
         }
+    } else if (seg_is(what, "consumers")) {
+        polis__snapshot_release(s);
+        consumers_api(gw, name, req, res);
+        return;
     } else if (seg_is(what, "config")) {
         json_t *cl = json_array(), *rt = json_array();
         for (size_t i = 0; i < cfg->num_clusters; i++)
@@ -500,7 +670,8 @@ static void admin_api(struct polis_gateway *gw, const struct polis_request *req,
                         cfg->source, "workers", s->workers, "listen", cfg->listen.text, "clusters",
                         cl, "routes", rt));
     } else {
-        reply_error(res, 404, "not_found", "expected /admin/v1/clusters, /routes or /config");
+        reply_error(res, 404, "not_found",
+                    "expected /admin/v1/clusters, /routes, /consumers or /config");
     }
 out:
     polis__snapshot_release(s);

@@ -106,22 +106,45 @@ static int limiters_new(struct gw_sec *sec, const struct polis_config *cfg)
     return 0;
 }
 
-static int consumers_new(struct gw_sec *sec, const struct polis_config *cfg)
+void polis__edge_consumer_free(struct polis_consumer_cfg *c)
 {
-    int rc = polis__consumers_new(&sec->consumers);
-    char err[256] = "";
-    for (size_t i = 0; rc == 0 && i < cfg->num_consumers; i++) {
-        const struct polis_consumer_cfg *c = &cfg->consumers[i];
-        rc = polis__consumers_add(sec->consumers, c->name, (const char *const *)c->groups,
-                                  c->num_groups, err, sizeof(err));
-        for (size_t k = 0; rc == 0 && k < c->num_keys; k++)
-            rc = polis__consumers_add_key_digest(sec->consumers, c->name, c->key_sha256[k], err,
-                                                 sizeof(err));
+    free(c->name);
+    for (size_t g = 0; g < c->num_groups; g++)
+        free(c->groups[g]);
+    free(c->groups);
+    free(c->key_sha256);
+    memset(c, 0, sizeof(*c));
+}
+
+/* Add the consumers of v[0..n) to the set s. */
+static int consumers_add(struct polis_consumers *s, const struct polis_consumer_cfg *v, size_t n,
+                         char *err, size_t errcap)
+{
+    int rc = 0;
+    for (size_t i = 0; rc == 0 && i < n; i++) {
+        rc = polis__consumers_add(s, v[i].name, (const char *const *)v[i].groups, v[i].num_groups,
+                                  err, errcap);
+        for (size_t k = 0; rc == 0 && k < v[i].num_keys; k++)
+            rc = polis__consumers_add_key_digest(s, v[i].name, v[i].key_sha256[k], err, errcap);
     }
+    return rc;
+}
+
+int polis__edge_consumers(const struct polis_config *cfg, const struct polis_consumer_cfg *extra,
+                          size_t num_extra, struct polis_consumers **out, char *err, size_t errcap)
+{
+    err[0] = '\0';
+    int rc = polis__consumers_new(out);
     if (rc == 0)
-        rc = polis__consumers_seal(sec->consumers, err, sizeof(err));
-    if (rc < 0)
-        polis_error("consumers: %s", err[0] ? err : polis_strerror(rc));
+        rc = consumers_add(*out, cfg->consumers, cfg->num_consumers, err, errcap);
+    if (rc == 0)
+        rc = consumers_add(*out, extra, num_extra, err, errcap);
+    if (rc == 0)
+        rc = polis__consumers_seal(*out, err, errcap);
+    if (rc < 0) {
+        polis__consumers_unref(*out);
+        *out = NULL;
+    }
     return rc;
 }
 
@@ -215,8 +238,6 @@ int polis__edge_compile(struct gw_cfgref *cref)
     sec->clientip.trusted = sec->trusted;
     sec->clientip.header = sec->trusted != NULL ? POLIS_CLIENTIP_XFF : POLIS_CLIENTIP_NONE;
     if (rc == 0)
-        rc = consumers_new(sec, cfg);
-    if (rc == 0)
         rc = limiters_new(sec, cfg);
     if (rc == 0)
         rc = jwt_new(sec, cfg);
@@ -309,7 +330,6 @@ void polis__edge_free(struct gw_cfgref *cref)
         polis__ratelimit_redis_free(sec->redis[i]);
     free(sec->limiters);
     free(sec->redis);
-    polis__consumers_unref(sec->consumers);
     polis__jwt_free(sec->jwt);
     polis__cidr_list_free(sec->allow);
     polis__cidr_list_free(sec->deny);

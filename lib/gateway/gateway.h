@@ -142,7 +142,6 @@ struct gw_route_sec {
 struct gw_sec {
     struct polis_cidr_list *allow, *deny, *trusted; /* NULL: none */
     struct polis_clientip_cfg clientip;
-    struct polis_consumers *consumers;
     struct polis_jwt_verifier *jwt;       /* NULL: no jwt section */
     struct polis_ratelimit **limiters;    /* [num_rate_limits] */
     struct polis_ratelimit_redis **redis; /* [num_rate_limits]: the ones owned, or NULL */
@@ -172,6 +171,13 @@ bool polis__edge_tls_server(const struct polis_config *cfg, struct polis_tls_ser
 bool polis__edge_tls_reload(struct polis_tls_server *srv, const struct polis_config *cfg);
 /* The cluster's TLS client, made again when its settings changed (under rebuild_lock). */
 int polis__edge_tls_client(struct gw_cstate *cs, const struct polis_cluster_cfg *c);
+
+/* Free what a consumer added through the admin API holds, and zero it. */
+void polis__edge_consumer_free(struct polis_consumer_cfg *c);
+/* The consumers of cfg and extra[0..num_extra) as one sealed set. Returns 0 and *out, or
+ * POLIS_EINVAL with the reason in err (a duplicate name or key) or POLIS_ENOMEM. */
+int polis__edge_consumers(const struct polis_config *cfg, const struct polis_consumer_cfg *extra,
+                          size_t num_extra, struct polis_consumers **out, char *err, size_t errcap);
 
 /* Compile and free a configuration's edge security (edge.c). */
 int polis__edge_compile(struct gw_cfgref *cref);
@@ -220,6 +226,7 @@ struct gw_snapshot {
     atomic_int refs;                   /* one per worker still using it, one for the gateway */
     uint64_t version;
     int workers;
+    struct polis_consumers *consumers;      /* the configuration's and the admin API's */
     struct gw_route_slots *route_slots;     /* [num_routes + 1]: the last is "no route" */
     struct gw_cluster_slots *cluster_slots; /* [num_clusters] */
 };
@@ -290,8 +297,10 @@ struct polis_gateway {
     pthread_mutex_t snap_lock;    /* publishing a snapshot vs. a worker taking a reference */
     pthread_mutex_t rebuild_lock; /* building and publishing snapshots (reload, discovery, admin) */
     struct gw_cfgref *cref;       /* the configuration in use (under rebuild_lock) */
-    struct gw_split_override *overrides; /* under rebuild_lock */
-    pthread_mutex_t state_lock;          /* the lists below */
+    struct gw_split_override *overrides;        /* under rebuild_lock */
+    struct polis_consumer_cfg *admin_consumers; /* added through the admin API (rebuild_lock) */
+    size_t num_admin_consumers;
+    pthread_mutex_t state_lock; /* the lists below */
     struct gw_cstate *cstates;
     struct gw_istate *istates;
     struct polis_breaker **retired; /* breakers replaced by a reload (permits may still point to

@@ -1636,7 +1636,7 @@ static bool edge_check(struct gw_dconn *c, const struct polis_h1_msg *m, struct 
         struct polis_str key;
         bool key_ok = false, jwt_ok = false;
         if (rt->auth.api_key && api_key_of(cfg, m, query, &key)) {
-            r->consumer = polis__consumers_lookup_key(sec->consumers, key);
+            r->consumer = polis__consumers_lookup_key(r->ws->snap->consumers, key);
             key_ok = r->consumer != NULL;
         }
         if (rt->auth.jwt && (!rt->auth.any || !key_ok))

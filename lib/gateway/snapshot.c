@@ -65,6 +65,7 @@ static void destroy(struct gw_snapshot *s)
     }
     free(s->clusters);
     polis__router_free(s->router);
+    polis__consumers_unref(s->consumers);
     free(s->inst_base);
     free(s->route_slots);
     free(s->cluster_slots);
@@ -264,6 +265,12 @@ int polis__snapshot_new(struct polis_gateway *gw, struct gw_cfgref *cref, uint64
             if (*st == NULL)
                 goto fail;
         }
+    }
+    char err[256];
+    if (polis__edge_consumers(cfg, gw->admin_consumers, gw->num_admin_consumers, &s->consumers, err,
+                              sizeof(err)) < 0) {
+        polis_error("consumers: %s", err[0] ? err : "out of memory");
+        goto fail;
     }
     if (polis__gw_metrics_resolve(&gw->metrics, s) < 0)
         goto fail;

@@ -506,6 +506,9 @@ void polis__upstream_free(struct polis_gateway *gw)
     for (size_t i = 0; i < gw->num_retired; i++)
         polis__breaker_free(gw->retired[i]);
     free(gw->retired);
+    for (size_t i = 0; i < gw->num_admin_consumers; i++)
+        polis__edge_consumer_free(&gw->admin_consumers[i]);
+    free(gw->admin_consumers);
     while (gw->overrides != NULL) {
         struct gw_split_override *o = gw->overrides;
         gw->overrides = o->next;

@@ -363,3 +363,37 @@ def test_cors_preflight_and_response_headers(gateways, make_origin):
     r = requests.get(g.url("/x"), headers={"Origin": "https://evil.example",
                                            "X-API-Key": KEY_ALICE}, timeout=5)
     assert r.status_code == 200 and "Access-Control-Allow-Origin" not in r.headers
+
+
+def test_consumers_through_the_admin_api(gateways, make_origin):
+    o = make_origin("svc")
+
+    def make(port, admin_port):
+        cfg = base_config(port, admin_port, consumers=consumers())
+        cfg["clusters"] = [{"name": "app", "instances": [o.addr]}]
+        cfg["routes"] = [
+            {"name": "gold", "match": {"prefix": "/gold"}, "cluster": "app",
+             "auth": {"api_key": True, "consumers": {"allow_groups": ["gold"]}}},
+            {"name": "any", "match": {"prefix": "/"}, "cluster": "app",
+             "auth": {"api_key": True}}]
+        return cfg
+
+    g = gateways.start(config=make)
+    api = f"http://127.0.0.1:{g.admin_port}/admin/v1/consumers"
+    key = "carol-key-0123456789abcdef"
+    assert requests.get(g.url("/x"), headers={"X-API-Key": key}, timeout=5).status_code == 401
+    r = requests.put(api + "/carol", json={"groups": ["gold"], "key": key}, timeout=5)
+    assert r.status_code == 200, r.text
+    r = requests.get(g.url("/gold/x"), headers={"X-API-Key": key}, timeout=5)
+    assert r.status_code == 200 and o.snapshot()[-1].header("x-consumer") == "carol"
+    listed = requests.get(api, timeout=5).json()["consumers"]
+    assert {"name": "carol", "source": "admin", "keys": 1} in listed
+    assert key not in requests.get(api, timeout=5).text  # keys are never shown
+    # A key another consumer has is refused; a name from the file cannot be changed here.
+    r = requests.put(api + "/dave", json={"key": KEY_ALICE}, timeout=5)
+    assert r.status_code == 400 and r.json()["field"] == "keys"
+    assert requests.put(api + "/alice", json={"key": "x" * 20}, timeout=5).status_code == 409
+    assert requests.put(api + "/eve", json={"keys": ["plain"]}, timeout=5).status_code == 400
+    assert requests.delete(api + "/carol", timeout=5).status_code == 200
+    assert requests.get(g.url("/x"), headers={"X-API-Key": key}, timeout=5).status_code == 401
+    assert requests.get(g.url("/x"), headers={"X-API-Key": KEY_ALICE}, timeout=5).status_code == 200
