@@ -2,6 +2,7 @@
  * and an upstream, stream the request and the response both ways with backpressure, recycle both
  * connections. Everything runs on the worker's thread; nothing here takes a lock. */
 #include "gateway/gateway.h"
+#include "http/blocking.h"
 
 #include <polis/trace.h>
 
@@ -1923,6 +1924,12 @@ static uint64_t upstream_timeout(const struct gw_req *r)
     uint64_t t = r->route->timeout_ms ? r->route->timeout_ms : r->cluster->timeout_ms;
     if (r->retry != NULL && r->retry->per_try_timeout_ms > 0 && r->retry->per_try_timeout_ms < t)
         t = r->retry->per_try_timeout_ms;
+    if (r->deadline_ms > 0) { /* the retry policy's deadline bounds every attempt too */
+        uint64_t now = polis__mono_ms();
+        uint64_t left = r->deadline_ms > now ? r->deadline_ms - now : 1;
+        if (left < t)
+            t = left;
+    }
     return t;
 }
 

@@ -531,3 +531,24 @@ def test_cookie_routing_to_a_subset_is_exact(gateways, make_origin):
         r = s.get(g.url("/c"), headers=cookie, timeout=5)
         assert r.json()["origin"] == ("v2" if i % 2 else "v1")
     assert len(v1.snapshot()) == 50 and len(v2.snapshot()) == 50
+
+
+def test_retry_deadline_bounds_the_whole_request(gateways, make_origin):
+    a, b = make_origin("a"), make_origin("b")
+    for o in (a, b):
+        o.set("slow", delay=2.0)
+
+    def make(port, admin_port):
+        cfg = base_config(port, admin_port)
+        cfg["clusters"] = [cluster("app", [a.addr, b.addr], timeout="5s",
+                                   retry={"attempts": 3, "on": ["timeout"],
+                                          "per_try_timeout": "200ms", "deadline": "300ms"})]
+        cfg["routes"] = [{"match": {"prefix": "/"}, "cluster": "app"}]
+        return cfg
+
+    g = gateways.start(config=make)
+    t0 = time.monotonic()
+    r = requests.get(g.url("/d"), timeout=10)
+    took = time.monotonic() - t0
+    assert r.status_code == 504
+    assert 0.25 <= took < 0.6, took  # one try of 200 ms, a retry cut to the 100 ms left
